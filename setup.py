@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="spectral_diffusion",
+    version="0.1.0",
+    description="JAX/Flax diffusion models on the spectral axis of remote-sensing images (SCDM, AnyBand-Diff).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["spectral_diffusion", "spectral_diffusion.*"]),
+    package_data={"spectral_diffusion": ["assets/*"]},
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "chex>=0.1.92",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.1",
+        "numpy>=2.0",
+        "scipy>=1.13",
+        "h5py>=3.10",
+        "matplotlib>=3.8",
+        "tensorly>=0.9",  # ships the embedded default scene, AVIRIS Indian Pines
+    ],
+    extras_require={
+        "test": ["pytest>=8", "scikit-image>=0.24"],
+    },
+)
