@@ -3,3 +3,7 @@
 
 class UserInputError(ValueError):
   """Bad input from the user (file, config, array). The message names the problem and the fix."""
+
+
+class TrainingDiverged(RuntimeError):
+  """A NaN or Inf appeared in the loss or the gradients; the last good checkpoint is kept."""

@@ -1,0 +1,91 @@
+"""Defaults shared by every experiment; each experiment file starts from get_config() here.
+
+Every field below is a documented knob; an override of a key that is not here is an error.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "indian_pines"       # indian_pines | file  (dfc2018 / pavia_center: see their configs)
+  c.data.path = ""                   # .npy / .mat cube for name=file
+  c.data.key = ""                    # variable name inside a .mat file ("" = the only large array)
+  c.data.wavelengths_key = ""        # variable with band centres inside a .mat file
+  c.data.normalise = "minmax"        # minmax (global over the training split) | affine
+  c.data.offset = 0.0                # affine: (x - offset) / scale
+  c.data.scale = 1.0
+  c.data.num_bands = 0               # expected band count (0 = whatever the cube has); lets
+                                     # `describe` plan the cascade without the data
+  c.data.rgb_nm = (640.0, 550.0, 460.0)   # RGB = bands nearest these wavelengths ...
+  c.data.rgb_bands = ()              # ... unless 0-based band indices are given here
+  c.data.train_cols = (0, 72)        # spatial split by image columns [start, stop), no overlap
+  c.data.test_cols = (80, 145)
+  c.data.crop_size = 32              # random training crops
+  c.data.augment = True              # random flips and rot90 of training crops
+
+  c.cascade = ml_collections.ConfigDict()
+  c.cascade.num_stages = 2           # band counts grow geometrically from RGB to all bands
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "scdm_unet"
+  c.model.base_channels = 128
+  c.model.channel_mults = (1, 2, 2, 2, 2, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attn_levels = (3,)
+  c.model.dropout = 0.1
+  c.model.num_groups = 32
+  c.model.time_embed_dim = 512
+  c.model.dtype = "float32"          # compute dtype (bfloat16 for GPU/TPU); parameters stay float32
+  c.model.remat = False              # jax.checkpoint the res blocks: less memory, more compute
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+  c.diffusion.parameterisation = "eps"   # eps (papers) | x0 | v : what the network predicts
+  c.diffusion.loss = "mse"           # mse (paper) | l1 (official code), on the network's target
+  c.diffusion.sam_weight = 1.0       # lambda for the SAM loss on the predicted x0
+  c.diffusion.p_uncond = 0.1         # condition zeroed with this probability (for ICMG)
+  c.diffusion.prior = "none"         # none | ridge_poly2: diffuse the residual over a regression
+  c.diffusion.target_scale = 2.0     # model space x0 = target_scale * (y - reference); 0 = auto (unit std)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.stages = ()                # which stages to train (0-based); () = all
+  c.train.batch_size = 4
+  c.train.num_steps = 100_000        # per stage
+  c.train.optimizer = "adam"         # adam | adamw
+  c.train.learning_rate = 1e-4
+  c.train.lr_schedule = "constant"   # constant | cosine
+  c.train.warmup_steps = 0
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 0.0            # global norm; 0 = off
+  c.train.ema_decay = 0.9999
+  c.train.ema_start = 2000           # EMA weights equal the raw weights before this step
+  c.train.log_every = 100
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.sampler = "ddim"          # ddim | ddpm
+  c.sample.num_steps = 50            # ddim only; ddpm always takes all num_timesteps
+  c.sample.eta = 0.0
+  c.sample.ddpm_variance = "beta"    # beta (official code) | posterior
+  c.sample.icmg_scale = (0.0, 2.5)   # per stage; 0 = plain conditional (paper's best: ICMG in stage 2)
+  c.sample.pdt_p_start = (0.96, 0.88)  # per stage; 1.0 = off
+  c.sample.pdt_target = "eps"        # eps (paper) | state (official code clamps x_t)
+  c.sample.num_samples = 1           # samples per image; >1 also reports their mean
+  c.sample.tile_size = 64            # images are sampled in overlapping tiles of this size
+  c.sample.tile_overlap = 16
+  c.sample.batch_size = 8            # tiles per network call
+  c.sample.loop = "auto"             # auto | scan | python (see samplers)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ridge_alpha = 1e-3
+  c.eval.spectra_pixels = 4          # pixels whose spectra are plotted
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = False   # call jax.distributed.initialize() (multi-host)
+  return c

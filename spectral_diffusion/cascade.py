@@ -1,0 +1,206 @@
+"""Band allocation over cascade stages, and the mapping between bands and each stage's model space.
+
+A stage maps its input bands (the RGB bands, or the previous stage's output) to its output bands.
+The network diffuses x0 = target_scale * (y - reference), where the reference is 0.5 (centre of
+min-max normalised data) or, with a regression prior, the degree-2 ridge prediction of y from the
+input bands; the network's condition is the input bands, plus the prior prediction when there is one.
+"""
+import dataclasses
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectral_diffusion import baselines, data, guidance, losses, samplers
+from spectral_diffusion.errors import UserInputError
+
+
+def first_stage_bands(num_bands):
+  """Bands produced by stage 1 of a two-stage cascade from RGB: floor(3 * sqrt(N / 3))."""
+  return int(math.floor(3 * math.sqrt(num_bands / 3)))
+
+
+def stage_band_counts(num_bands, num_stages, num_input_bands=3):
+  """Band counts after each stage, growing geometrically from the input count to all bands."""
+  if num_stages < 1:
+    raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+  counts = [int(math.floor(num_input_bands * (num_bands / num_input_bands) ** (k / num_stages)))
+            for k in range(1, num_stages)]
+  return counts + [num_bands]
+
+
+def equal_interval_bands(num_bands, count):
+  """`count` band indices at equal intervals of the full grid (N=48, 12 -> every 4th band)."""
+  if count >= num_bands:
+    return tuple(range(num_bands))
+  stride = num_bands // count
+  return tuple(int(i) * stride for i in range(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  index: int
+  in_bands: tuple    # indices into the full band grid
+  out_bands: tuple
+
+
+def plan_stages(num_bands, rgb_bands, num_stages):
+  """The cascade: RGB -> ... -> all bands. Stage k's input is exactly stage k-1's output."""
+  stages, previous = [], tuple(int(b) for b in rgb_bands)
+  for k, count in enumerate(stage_band_counts(num_bands, num_stages, len(previous))):
+    out = equal_interval_bands(num_bands, count)
+    stages.append(Stage(k, previous, out))
+    previous = out
+  return stages
+
+
+@dataclasses.dataclass
+class StageSpace:
+  """Maps normalised band values to one stage's model space and back (host-side numpy)."""
+  out_dim: int
+  target_scale: float
+  prior: Optional[object] = None   # baselines.RidgeModel when the stage diffuses a residual
+
+  def reference(self, cond):
+    if self.prior is None:
+      return np.full(cond.shape[:-1] + (self.out_dim,), 0.5, np.float32)
+    return baselines.predict_ridge(self.prior, cond).astype(np.float32)
+
+  def condition_bands(self, num_in):
+    return num_in + (self.out_dim if self.prior is not None else 0)
+
+  def network_condition(self, cond, reference):
+    """What the network sees: the inputs (and the prior prediction) mapped to about [-1, 1]."""
+    parts = [2.0 * cond - 1.0] + ([2.0 * reference - 1.0] if self.prior is not None else [])
+    return np.concatenate(parts, axis=-1).astype(np.float32)
+
+  def to_model(self, y, reference):
+    return (self.target_scale * (y - reference)).astype(np.float32)
+
+  def from_model(self, x, reference):
+    return np.asarray(x, np.float32) / self.target_scale + reference
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDenoiser:
+  """eps(x_t, t) of one stage with its guidance, as a hashable callable.
+
+  Used as jax.tree_util.Partial(denoiser, params, cond, schedule): the arrays are pytree leaves and the
+  denoiser is static and compared by value, so a sampler's compiled step is reused across tiles,
+  images and calls instead of being traced again for every new closure.
+  """
+  model: object                 # a Flax module (hashable by its fields)
+  parameterisation: str
+  icmg_scale: float
+  pdt_p_start: float            # 1.0 = no PDT
+  pdt_target: str               # eps (paper) | state (official code; see pdt_state_transform)
+
+  def __call__(self, params, cond, schedule, x_t, t):
+    def eps_of(x, tt, c):
+      out = self.model.apply({"params": params}, x, tt, c)
+      return losses.to_eps_and_x0(schedule, self.parameterisation, x, tt, out)[0]
+
+    if self.icmg_scale:  # conditional and unconditional passes as ONE batched call
+      both = eps_of(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
+                    jnp.concatenate([cond, jnp.zeros_like(cond)]))
+      eps_c, eps_u = jnp.split(both, 2)
+      eps = guidance.icmg(eps_c, eps_u, self.icmg_scale)
+    else:
+      eps = eps_of(x_t, t, cond)
+    if self.pdt_target == "eps" and self.pdt_p_start < 1.0:
+      eps = guidance.pdt_clip(eps, guidance.pdt_percentile(t, schedule.num_timesteps, self.pdt_p_start))
+    return eps
+
+
+def pdt_state_transform(p_start, num_timesteps, x_t, t):
+  """The official code's PDT: clamp the state x_t before the network call."""
+  return guidance.pdt_clip(x_t, guidance.pdt_percentile(t, num_timesteps, p_start))
+
+
+def _per_stage(value, k, what):
+  values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if len(values) == 1:
+    return float(values[0])
+  if k >= len(values):
+    raise UserInputError(f"{what} has {len(values)} values but the cascade has stage {k + 1}; "
+                         f"give one value per stage")
+  return float(values[k])
+
+
+@dataclasses.dataclass
+class StageBundle:
+  """A trained stage, ready to sample: plan, model space, module, (EMA) parameters, parameterisation."""
+  stage: Stage
+  space: StageSpace
+  model: object
+  params: dict
+  parameterisation: str
+
+
+def sample_stage(bundle, schedule, cond, rng, sample_cfg):
+  """Samples one stage's output bands (normalised units) for a batch of input-band tiles (n, h, w, in)."""
+  k = bundle.stage.index
+  if sample_cfg.pdt_target not in ("eps", "state"):
+    raise UserInputError(f"unknown sample.pdt_target {sample_cfg.pdt_target!r}: use eps or state")
+  p_start = _per_stage(sample_cfg.pdt_p_start, k, "sample.pdt_p_start")
+  denoiser = StageDenoiser(bundle.model, bundle.parameterisation,
+                           _per_stage(sample_cfg.icmg_scale, k, "sample.icmg_scale"),
+                           p_start, sample_cfg.pdt_target)
+  reference = bundle.space.reference(cond)
+  net_cond = jnp.asarray(bundle.space.network_condition(cond, reference))
+  eps_fn = jax.tree_util.Partial(denoiser, bundle.params, net_cond, schedule)
+  x_transform = None
+  if sample_cfg.pdt_target == "state" and p_start < 1.0:
+    x_transform = jax.tree_util.Partial(pdt_state_transform, jnp.float32(p_start), schedule.num_timesteps)
+  shape = cond.shape[:-1] + (bundle.space.out_dim,)
+  if sample_cfg.sampler == "ddim":
+    x0 = samplers.ddim(eps_fn, schedule, shape, rng, num_steps=sample_cfg.num_steps, eta=sample_cfg.eta,
+                       x_transform=x_transform, loop=sample_cfg.loop)
+  elif sample_cfg.sampler == "ddpm":
+    x0 = samplers.ddpm(eps_fn, schedule, shape, rng, variance=sample_cfg.ddpm_variance,
+                       x_transform=x_transform, loop=sample_cfg.loop)
+  else:
+    raise UserInputError(f"unknown sample.sampler {sample_cfg.sampler!r}: use ddim or ddpm")
+  return bundle.space.from_model(x0, reference)
+
+
+def tile_size_for(bundles, sample_cfg, height, width):
+  """The largest tile <= sample.tile_size that fits the image and every stage's size multiple."""
+  multiple = max(b.model.min_size for b in bundles)
+  size = min(sample_cfg.tile_size, height, width) // multiple * multiple
+  if size < multiple:
+    raise UserInputError(f"the image is {height}x{width} pixels, smaller than the model's minimum size "
+                         f"{multiple}x{multiple}; use a larger image (or pad it)")
+  return size
+
+
+def run_cascade(bundles, schedule, inputs, rng, sample_cfg, progress=None):
+  """Chains the stages over a whole image (H, W, in) in overlapping tiles; returns each stage's output.
+
+  Stage k+1's input bands are exactly stage k's output bands, so the chain passes the full output on.
+  """
+  size = tile_size_for(bundles, sample_cfg, *inputs.shape[:2])
+  overlap = min(sample_cfg.tile_overlap, size // 2)
+  outputs, current = [], inputs
+  for bundle in bundles:
+    calls = iter(range(1 << 30))
+
+    def fn(tiles, bundle=bundle, calls=calls):
+      stage_rng = jax.random.fold_in(rng, bundle.stage.index)
+      out = sample_stage(bundle, schedule, tiles, jax.random.fold_in(stage_rng, next(calls)), sample_cfg)
+      if progress is not None:
+        progress.update(1)
+      return out
+
+    current = data.predict_tiled(fn, current, size, overlap, sample_cfg.batch_size)
+    outputs.append(current)
+  return outputs
+
+
+def num_tile_batches(bundles, sample_cfg, height, width):
+  """Network-call batches run_cascade makes for an image (for progress bars)."""
+  size = tile_size_for(bundles, sample_cfg, height, width)
+  tiles = len(data.tile_positions(height, width, size, min(sample_cfg.tile_overlap, size // 2)))
+  return len(bundles) * -(-tiles // sample_cfg.batch_size)

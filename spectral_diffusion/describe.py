@@ -1,0 +1,38 @@
+"""`--mode=describe`: the resolved cascade and each stage's parameter count, with no parameters allocated."""
+import jax
+import jax.numpy as jnp
+
+from spectral_diffusion import experiment, models
+
+
+def stage_parameter_count(config, stage, cond_bands):
+  model = models.build_model(config.model, len(stage.out_bands))
+  size = model.min_size
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, len(stage.out_bands))),
+                          jnp.zeros((1,), jnp.int32), jnp.zeros((1, size, size, cond_bands)))
+  return sum(x.size for x in jax.tree.leaves(shapes))
+
+
+def describe(config):
+  stages = experiment.plan_from_config(config)
+  prior = config.diffusion.prior != "none"
+  lines = [f"cascade: {len(stages)} stage(s), model {config.model.name}, base {config.model.base_channels}, "
+           f"mults {tuple(config.model.channel_mults)}, parameterisation {config.diffusion.parameterisation}"
+           + (f", residual over {config.diffusion.prior}" if prior else "")]
+  total = 0
+  for s in stages:
+    cond = len(s.in_bands) + (len(s.out_bands) if prior else 0)
+    n = stage_parameter_count(config, s, cond)
+    total += n
+    lines.append(f"stage {s.index + 1}: {len(s.in_bands)} -> {len(s.out_bands)} bands; "
+                 f"input bands {list(s.in_bands)}; output bands {_compact(s.out_bands)}; "
+                 f"{n:,} parameters")
+  lines.append(f"total: {total:,} parameters")
+  return "\n".join(lines)
+
+
+def _compact(bands):
+  bands = list(bands)
+  if len(bands) > 2 and all(b - a == bands[1] - bands[0] for a, b in zip(bands, bands[1:])):
+    return f"{bands[0]}..{bands[-1]} step {bands[1] - bands[0]}"
+  return str(bands)

@@ -1,0 +1,116 @@
+"""From a config to the data, the cascade plan and each stage's model space: shared by train, eval, sample."""
+import dataclasses
+import os
+
+import numpy as np
+
+from spectral_diffusion import baselines, cascade, data
+from spectral_diffusion.errors import UserInputError
+
+# Where the papers' scenes come from; they cannot ship with the package.
+DATA_SOURCES = {
+    "dfc2018": ("the 2018 IEEE GRSS Data Fusion Contest Houston hyperspectral cube (48 bands, 380-1050 nm), "
+                "free after registration at the IEEE GRSS Data Fusion Contest site (hyperspectral "
+                "'2018_IEEE_GRSS_DFC_HSI_TR'); convert it to .npy or .mat"),
+    "pavia_center": ("Pavia Centre (Pavia.mat, 102 bands) from the Grupo de Inteligencia Computacional "
+                     "(GIC, UPV/EHU) hyperspectral remote sensing scenes page"),
+}
+
+
+@dataclasses.dataclass
+class Experiment:
+  name: str
+  wavelengths_nm: np.ndarray | None
+  normaliser: object             # data.MinMax | data.Affine, fit on the training split
+  train: np.ndarray              # (H, W, N) normalised
+  test: np.ndarray
+  rgb_bands: tuple
+  stages: list                   # cascade.Stage
+
+  @property
+  def num_bands(self):
+    return self.train.shape[-1]
+
+
+def load_raw_scene(cfg):
+  """The config's scene, raw values."""
+  if cfg.name == "indian_pines":
+    return data.load_indian_pines()
+  if cfg.name in ("file",) + tuple(DATA_SOURCES):
+    if not cfg.path:
+      source = DATA_SOURCES.get(cfg.name, "your .npy or .mat cube (H, W, bands)")
+      raise UserInputError(f"data.path is not set: get {source} and pass --config.data.path=FILE")
+    if not os.path.exists(cfg.path):
+      source = DATA_SOURCES.get(cfg.name, "an (H, W, bands) cube")
+      raise UserInputError(f"data file {cfg.path} does not exist: get {source} and pass its path "
+                           f"as --config.data.path")
+    return data.load_scene(cfg.path, key=cfg.key or None, wavelengths_key=cfg.wavelengths_key or None,
+                           name=cfg.name)
+  raise UserInputError(f"unknown data.name {cfg.name!r}: use indian_pines, file, "
+                       f"{', '.join(DATA_SOURCES)}")
+
+
+def rgb_bands(cfg, wavelengths_nm, num_bands):
+  if cfg.rgb_bands:
+    bands = tuple(int(b) for b in cfg.rgb_bands)
+    if any(b < 0 or b >= num_bands for b in bands):
+      raise UserInputError(f"data.rgb_bands {bands} out of range for a {num_bands}-band cube; "
+                           f"use 0-based indices below {num_bands}")
+    return bands
+  if wavelengths_nm is None:
+    raise UserInputError("the cube has no wavelengths, so RGB bands cannot be found by data.rgb_nm; "
+                         "pass --config.data.rgb_bands='(r, g, b)' with 0-based band indices")
+  return tuple(data.nearest_bands(wavelengths_nm, cfg.rgb_nm))
+
+
+def load_experiment(config):
+  """Scene -> finite check -> spatial split -> normaliser fit on train -> cascade plan."""
+  scene = load_raw_scene(config.data)
+  data.check_finite(scene.cube, scene.name)
+  train_raw, test_raw = data.spatial_split(scene.cube, tuple(config.data.train_cols),
+                                           tuple(config.data.test_cols))
+  if config.data.normalise == "minmax":
+    normaliser = data.fit_minmax(train_raw)
+  elif config.data.normalise == "affine":
+    normaliser = data.Affine(offset=config.data.offset, scale=config.data.scale)
+  else:
+    raise UserInputError(f"unknown data.normalise {config.data.normalise!r}: use minmax or affine")
+  num_bands = scene.cube.shape[-1]
+  if config.data.num_bands and num_bands != config.data.num_bands:
+    raise UserInputError(f"{scene.name} has {num_bands} bands, the config expects {config.data.num_bands}; "
+                         f"use the matching cube or set --config.data.num_bands={num_bands}")
+  rgb = rgb_bands(config.data, scene.wavelengths_nm, num_bands)
+  stages = cascade.plan_stages(num_bands, rgb, config.cascade.num_stages)
+  return Experiment(scene.name, scene.wavelengths_nm, normaliser,
+                    normaliser.forward(train_raw).astype(np.float32),
+                    normaliser.forward(test_raw).astype(np.float32), rgb, stages)
+
+
+def plan_from_config(config):
+  """The cascade plan without loading data when the config states num_bands and rgb_bands."""
+  if config.data.num_bands and config.data.rgb_bands:
+    n = config.data.num_bands
+    return cascade.plan_stages(n, rgb_bands(config.data, None, n), config.cascade.num_stages)
+  return load_experiment(config).stages
+
+
+def fit_stage_space(config, stage, train):
+  """The stage's model space; with a regression prior, fit it on the training split."""
+  out_dim = len(stage.out_bands)
+  prior = None
+  if config.diffusion.prior == "ridge_poly2":
+    prior = baselines.fit_ridge(train[..., list(stage.in_bands)], train[..., list(stage.out_bands)],
+                                alpha=config.eval.ridge_alpha, degree=2)
+  elif config.diffusion.prior != "none":
+    raise UserInputError(f"unknown diffusion.prior {config.diffusion.prior!r}: use none or ridge_poly2")
+  scale = float(config.diffusion.target_scale)
+  if scale == 0:  # auto: unit standard deviation of the diffused target on the training split
+    space = cascade.StageSpace(out_dim, 1.0, prior)
+    cond = train[..., list(stage.in_bands)]
+    resid = space.to_model(train[..., list(stage.out_bands)], space.reference(cond))
+    scale = float(1.0 / max(resid.std(), 1e-6))
+  return cascade.StageSpace(out_dim, scale, prior)
+
+
+def stage_dir(workdir, stage_index):
+  return os.path.join(os.path.abspath(workdir), f"stage_{stage_index}")

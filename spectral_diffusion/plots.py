@@ -1,0 +1,89 @@
+"""Figures people would rather look at than read: false colour, error maps, spectra, per-band PSNR."""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spectral_diffusion import metrics  # noqa: E402
+
+SHOWN = ("scdm", "scdm_mean", "ridge_poly2", "ridge", "interp")
+
+
+def false_colour(cube, bands, lo=None, hi=None):
+  """(H, W, 3) image in [0, 1] from three bands, stretched by the 2-98 % percentiles of the reference."""
+  rgb = np.asarray(cube)[..., list(bands)].astype(np.float64)
+  if lo is None:
+    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
+  return np.clip((rgb - lo) / max(hi - lo, 1e-12), 0, 1), lo, hi
+
+
+def evaluation_figures(out_dir, exp, preds):
+  truth = exp.test
+  names = [m for m in SHOWN if m in preds]
+  x = exp.wavelengths_nm if exp.wavelengths_nm is not None else np.arange(exp.num_bands)
+  xlabel = "wavelength (nm)" if exp.wavelengths_nm is not None else "band"
+  order = np.argsort(x)
+
+  # False colour (R, G, B = the input bands), truth and each method, one shared stretch.
+  ref, lo, hi = false_colour(truth, exp.rgb_bands)
+  # A second composite from three inferred bands spread over the spectrum shows what was not given.
+  nir = [int(i) for i in np.linspace(0, exp.num_bands - 1, 5)[1:4]]
+  ref_nir, lo2, hi2 = false_colour(truth, nir)
+  fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 6.2), squeeze=False)
+  for col, (title, cube) in enumerate([("truth", truth)] + [(m, preds[m]) for m in names]):
+    axes[0, col].imshow(ref if col == 0 else false_colour(cube, exp.rgb_bands, lo, hi)[0])
+    axes[1, col].imshow(ref_nir if col == 0 else false_colour(cube, nir, lo2, hi2)[0])
+    axes[0, col].set_title(title)
+  axes[0, 0].set_ylabel("input bands (RGB)")
+  axes[1, 0].set_ylabel(f"inferred bands {nir}")
+  for ax in axes.ravel():
+    ax.set_xticks([]), ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "false_colour.png"), dpi=110)
+  plt.close(fig)
+
+  # Per-pixel RMSE over bands.
+  errs = {m: np.sqrt(np.mean((preds[m] - truth) ** 2, axis=-1)) for m in names}
+  vmax = max(float(np.percentile(e, 99)) for e in errs.values())
+  fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names), 3.4), squeeze=False)
+  for ax, m in zip(axes[0], names):
+    im = ax.imshow(errs[m], cmap="magma", vmin=0, vmax=vmax)
+    ax.set_title(f"{m}\nmean {errs[m].mean():.4f}")
+    ax.set_xticks([]), ax.set_yticks([])
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="RMSE over bands (normalised)")
+  fig.savefig(os.path.join(out_dir, "error_heatmap.png"), dpi=110)
+  plt.close(fig)
+
+  # Spectra at a few pixels spread over the test split (deterministic positions).
+  h, w = truth.shape[:2]
+  pixels = [(int(h * f), int(w * g)) for f, g in ((0.2, 0.3), (0.5, 0.7), (0.8, 0.2), (0.35, 0.85))]
+  fig, axes = plt.subplots(1, len(pixels), figsize=(4.2 * len(pixels), 3.4), squeeze=False)
+  for ax, (r, c) in zip(axes[0], pixels):
+    ax.plot(x[order], truth[r, c, order], "k-", lw=2, label="truth")
+    for m in names:
+      ax.plot(x[order], preds[m][r, c, order], lw=1, label=m)
+    ax.plot(x[list(exp.rgb_bands)], truth[r, c, list(exp.rgb_bands)], "ko", ms=5, label="input bands")
+    ax.set_title(f"pixel (row {r}, col {c})")
+    ax.set_xlabel(xlabel)
+  axes[0, 0].set_ylabel("normalised value")
+  axes[0, -1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "spectra.png"), dpi=110)
+  plt.close(fig)
+
+  # Per-band PSNR.
+  fig, ax = plt.subplots(figsize=(8, 3.6))
+  for m in names:
+    ax.plot(x[order], metrics.psnr_per_band(preds[m], truth, 1.0)[order], lw=1, label=m)
+  for b in exp.rgb_bands:
+    ax.axvline(x[b], color="grey", ls=":", lw=1)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("PSNR (dB, capped at 100)")
+  ax.set_title("per-band PSNR on the test split (dotted: input bands)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "per_band_psnr.png"), dpi=110)
+  plt.close(fig)

@@ -1,0 +1,88 @@
+"""Noise schedules for eps-prediction diffusion and the x0 <-> eps conversions.
+
+Conventions: ``t`` is an int32 array of shape (batch,) with 0 <= t <= T-1, and
+``alphas_cumprod[t] = prod_{s <= t} (1 - betas[s])``. Arrays are channels-last
+(B, H, W, C); per-timestep coefficients broadcast over all non-batch axes.
+"""
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@struct.dataclass
+class NoiseSchedule:
+  """Per-timestep diffusion coefficients, all float32 arrays of shape (T,)."""
+
+  betas: jax.Array
+  alphas: jax.Array
+  alphas_cumprod: jax.Array
+  alphas_cumprod_prev: jax.Array  # alphas_cumprod[t - 1], with 1 at t = 0.
+  sqrt_alphas_cumprod: jax.Array
+  sqrt_one_minus_alphas_cumprod: jax.Array
+  posterior_variance: jax.Array  # beta tilde; 0 at t = 0.
+
+  @property
+  def num_timesteps(self) -> int:
+    # A shape, so it stays a Python int under jit.
+    return self.betas.shape[0]
+
+
+def from_betas(betas) -> NoiseSchedule:
+  """Builds a schedule from betas (computed in float64, stored as float32)."""
+  betas = np.asarray(betas, dtype=np.float64)
+  if betas.ndim != 1 or betas.size < 1:
+    raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}.")
+  if np.any(betas <= 0) or np.any(betas >= 1):
+    raise ValueError("betas must lie in (0, 1).")
+  alphas = 1.0 - betas
+  alphas_cumprod = np.cumprod(alphas)
+  alphas_cumprod_prev = np.concatenate([[1.0], alphas_cumprod[:-1]])
+  posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+  f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
+  return NoiseSchedule(
+      betas=f32(betas),
+      alphas=f32(alphas),
+      alphas_cumprod=f32(alphas_cumprod),
+      alphas_cumprod_prev=f32(alphas_cumprod_prev),
+      sqrt_alphas_cumprod=f32(np.sqrt(alphas_cumprod)),
+      sqrt_one_minus_alphas_cumprod=f32(np.sqrt(1.0 - alphas_cumprod)),
+      posterior_variance=f32(posterior_variance),
+  )
+
+
+def linear(num_timesteps: int = 1000, beta_start: float = 1e-4,
+           beta_end: float = 0.02) -> NoiseSchedule:
+  """Linear betas from beta_start to beta_end (DDPM; SCDM and AnyBand-Diff use the defaults)."""
+  return from_betas(np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64))
+
+
+def _at(coef: jax.Array, t: jax.Array, ndim: int) -> jax.Array:
+  """coef[t] reshaped to broadcast against an array with ndim axes."""
+  c = coef[t]
+  return jnp.reshape(c, jnp.shape(c) + (1,) * (ndim - jnp.ndim(c)))
+
+
+def q_sample(schedule: NoiseSchedule, x0: jax.Array, t: jax.Array,
+             noise: jax.Array) -> jax.Array:
+  """Draws x_t ~ q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I) given the noise."""
+  a = _at(schedule.sqrt_alphas_cumprod, t, x0.ndim)
+  s = _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0.ndim)
+  return a * x0 + s * noise
+
+
+def predict_x0_from_eps(schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array,
+                        eps: jax.Array) -> jax.Array:
+  """Tweedie's x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); no clipping."""
+  a = _at(schedule.sqrt_alphas_cumprod, t, x_t.ndim)
+  s = _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim)
+  return (x_t - s * eps) / a
+
+
+def predict_eps_from_x0(schedule: NoiseSchedule, x_t: jax.Array, t: jax.Array,
+                        x0: jax.Array) -> jax.Array:
+  """The eps that maps x0 to x_t: (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+  a = _at(schedule.sqrt_alphas_cumprod, t, x_t.ndim)
+  s = _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t.ndim)
+  return (x_t - a * x0) / s

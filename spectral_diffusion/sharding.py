@@ -1,0 +1,46 @@
+"""Device mesh and shardings: batches split over a 'data' axis of every device, parameters replicated."""
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from spectral_diffusion.errors import UserInputError
+
+_initialized = False
+
+
+def maybe_initialize_distributed(enabled):
+  """Multi-host start: jax.distributed.initialize() reads the coordinator from the environment
+  (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or a cluster such as SLURM)."""
+  global _initialized
+  if enabled and not _initialized:
+    jax.distributed.initialize()
+    _initialized = True
+
+
+def data_mesh():
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh):
+  return NamedSharding(mesh, P("data"))
+
+
+def check_batch(batch_size, mesh, what="train.batch_size"):
+  n = mesh.devices.size
+  if batch_size % n:
+    raise UserInputError(f"{what}={batch_size} does not split over {n} devices; "
+                         f"use a multiple of {n}")
+
+
+def put_global_batch(x, mesh):
+  """Places a host array holding the GLOBAL batch (the same on every process) on the mesh."""
+  sharding = batch_sharded(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  per_process = x.shape[0] // jax.process_count()
+  local = x[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+  return jax.make_array_from_process_local_data(sharding, local, x.shape)

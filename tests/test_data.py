@@ -1,0 +1,267 @@
+"""Tests for spectral_diffusion.data on the real shared scenes."""
+
+import json
+import pathlib
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from spectral_diffusion import data
+from spectral_diffusion.errors import UserInputError
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+SCENES = SHARED / "scenes"
+
+
+def _shared(rel: str) -> pathlib.Path:
+  path = SCENES / rel
+  if not path.is_file():
+    pytest.skip(f"shared data file missing: {path}")
+  return path
+
+
+def _raises_one_line(fn, *args, match=None, **kwargs) -> str:
+  with pytest.raises(UserInputError, match=match) as info:
+    fn(*args, **kwargs)
+  msg = str(info.value)
+  assert "\n" not in msg and msg
+  return msg
+
+
+@pytest.fixture(scope="module")
+def pines():
+  return data.load_indian_pines()
+
+
+# Readers.
+
+
+def test_load_indian_pines(pines):
+  assert pines.cube.shape == (145, 145, 200)
+  assert pines.cube.dtype == np.float32
+  np.testing.assert_array_equal(pines.cube, np.load(_shared("Indian_pines_corrected.npy")))
+  assert pines.wavelengths_nm.shape == (200,)
+  assert pines.wavelengths_nm.dtype == np.float64
+
+
+def test_nearest_bands_rgb(pines):
+  idx = data.nearest_bands(pines.wavelengths_nm, data.RGB_NM)
+  assert len(idx) == 3 and idx[0] > idx[1] > idx[2]
+  for i, target in zip(idx, data.RGB_NM):
+    assert abs(pines.wavelengths_nm[i] - target) < 10.0
+
+
+def test_nearest_bands_errors(pines):
+  msg = _raises_one_line(data.nearest_bands, pines.wavelengths_nm, [550.0, 3000.0])
+  assert "3000" in msg
+  _raises_one_line(data.nearest_bands, None, data.RGB_NM)
+
+
+def test_load_scene_mat_v5_with_wavelengths():
+  path = _shared("gatorsense/a_hsi_img_for_VI_demo.mat")
+  scene = data.load_scene(path)
+  raw = scipy.io.loadmat(path)
+  assert scene.cube.shape == (90, 90, 224) and scene.cube.dtype == np.float32
+  np.testing.assert_array_equal(scene.cube, raw["hsi_img"].astype(np.float32))
+  np.testing.assert_array_equal(scene.wavelengths_nm, raw["wavelengths"].ravel())
+  assert scene.name == "a_hsi_img_for_VI_demo"
+  assert 360 < scene.wavelengths_nm.min() < 370 and 2490 < scene.wavelengths_nm.max() < 2500
+
+
+def test_load_scene_misspelt_wavelength_key():
+  path = _shared("gatorsense/an_hsi_img_for_class_demo.mat")
+  scene = data.load_scene(path, name="muufl")
+  assert scene.cube.shape == (31, 20, 72) and scene.name == "muufl"
+  np.testing.assert_array_equal(scene.wavelengths_nm, scipy.io.loadmat(path)["wavlength"].ravel())
+  explicit = data.load_scene(path, key="hsi_sub", wavelengths_key="wavlength")
+  np.testing.assert_array_equal(explicit.wavelengths_nm, scene.wavelengths_nm)
+
+
+def test_load_mat_v73(tmp_path):
+  rng = np.random.default_rng(0)
+  arr = rng.random((5, 7, 3))
+  wl = np.linspace(400.0, 900.0, 3)
+  path = tmp_path / "cube_v73.mat"
+  with h5py.File(path, "w") as f:
+    # MATLAB v7.3 stores column-major arrays, so h5py sees them transposed.
+    f.create_dataset("cube", data=arr.T).attrs["MATLAB_class"] = np.bytes_("double")
+    f.create_dataset("wavelengths", data=wl[:, None].T).attrs["MATLAB_class"] = np.bytes_("double")
+    f.create_dataset("label", data=np.frombuffer(b"abc", np.uint8).astype(np.uint16)[:, None]).attrs[
+        "MATLAB_class"] = np.bytes_("char")
+  np.testing.assert_array_equal(data.load_array(path), arr)
+  scene = data.load_scene(path)
+  np.testing.assert_allclose(scene.cube, arr.astype(np.float32))
+  np.testing.assert_array_equal(scene.wavelengths_nm, wl)
+
+
+def test_npy_round_trip(tmp_path):
+  arr = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+  path = tmp_path / "x.npy"
+  np.save(path, arr)
+  loaded = data.load_array(path)
+  assert loaded.dtype == np.uint16
+  np.testing.assert_array_equal(loaded, arr)
+  scene = data.load_scene(path)
+  assert scene.wavelengths_nm is None and scene.name == "x"
+  np.testing.assert_array_equal(scene.cube, arr.astype(np.float32))
+
+
+# Errors: each is a UserInputError with a one-line message.
+
+
+def test_missing_file(tmp_path):
+  msg = _raises_one_line(data.load_array, tmp_path / "nope.npy")
+  assert "nope.npy" in msg
+
+
+def test_unknown_extension(tmp_path):
+  path = tmp_path / "x.tif"
+  path.write_bytes(b"II*\x00")
+  msg = _raises_one_line(data.load_scene, path)
+  assert ".npy" in msg and ".mat" in msg
+
+
+def test_corrupt_npy(tmp_path):
+  path = tmp_path / "bad.npy"
+  path.write_bytes(b"\x93NUMPY garbage\n\x00\xff" * 10)
+  assert "bad.npy" in _raises_one_line(data.load_array, path)
+
+
+def test_corrupt_mat(tmp_path):
+  path = tmp_path / "bad.mat"
+  path.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(range(256)))
+  _raises_one_line(data.load_scene, path)
+
+
+def test_2d_array(tmp_path):
+  path = tmp_path / "flat.npy"
+  np.save(path, np.zeros((4, 5), np.float32))
+  assert "3-D" in _raises_one_line(data.load_scene, path)
+
+
+def test_ambiguous_mat_keys(tmp_path):
+  path = tmp_path / "two.mat"
+  scipy.io.savemat(path, {"a": np.zeros((4, 4, 3)), "b": np.ones((4, 4, 3)), "c": np.ones((2, 2))})
+  msg = _raises_one_line(data.load_array, path)
+  assert "a (4, 4, 3)" in msg and "b (4, 4, 3)" in msg and "key" in msg
+  np.testing.assert_array_equal(data.load_array(path, key="b"), np.ones((4, 4, 3)))
+  _raises_one_line(data.load_array, path, key="zzz")
+
+
+def test_check_finite():
+  cube = np.zeros((5, 9, 4), np.float32)
+  data.check_finite(cube, "ok.npy")
+  cube[3, 7, 0] = np.nan
+  cube[4, 1, 2] = np.inf
+  msg = _raises_one_line(data.check_finite, cube, "input.npy")
+  assert msg == ("input.npy: 2 NaN/Inf values (first at row 3, col 7, band 0); "
+                 "fill or mask them before running")
+
+
+def test_scene_wavelength_count_mismatch():
+  _raises_one_line(data.HyperspectralScene, np.zeros((2, 2, 3)), np.arange(4.0), "s")
+
+
+def test_indian_pines_missing(monkeypatch):
+  monkeypatch.setattr(data.readers.importlib.util, "find_spec", lambda name: None)
+  assert "pip install tensorly" in _raises_one_line(data.load_indian_pines)
+
+
+# Normalisers.
+
+
+def test_minmax_round_trip(pines):
+  norm = data.fit_minmax(pines.cube)
+  assert (norm.lo, norm.hi) == (955.0, 9604.0)
+  y = norm.forward(pines.cube)
+  assert y.dtype == np.float32 and y.min() == 0.0 and y.max() == 1.0
+  np.testing.assert_allclose(norm.inverse(y), pines.cube, rtol=1e-6)
+  restored = data.normaliser_from_dict(json.loads(json.dumps(norm.to_dict())))
+  assert restored == norm
+
+
+def test_affine_round_trip():
+  x = np.array([3693.0, 11103.0, 0.0])
+  np.testing.assert_allclose(data.DFC2018.forward(x), [0.0, 1.0, -3693.0 / 7410.0])
+  np.testing.assert_allclose(data.DFC2018.inverse(data.DFC2018.forward(x)), x)
+  restored = data.normaliser_from_dict(json.loads(json.dumps(data.DFC2018.to_dict())))
+  assert isinstance(restored, data.Affine) and restored == data.DFC2018
+
+
+def test_normaliser_errors():
+  _raises_one_line(data.normaliser_from_dict, {"kind": "zscore"})
+  _raises_one_line(data.normaliser_from_dict, {"kind": "minmax", "lo": 0.0})
+  _raises_one_line(data.fit_minmax, np.ones((3, 3, 2)))
+
+
+# Patches.
+
+
+def test_spatial_split(pines):
+  train, test = data.spatial_split(pines.cube, (0, 100), slice(100, None))
+  assert train.shape == (145, 100, 200) and test.shape == (145, 45, 200)
+  np.testing.assert_array_equal(test, pines.cube[:, 100:])
+  msg = _raises_one_line(data.spatial_split, pines.cube, (0, 100), (90, 145))
+  assert "overlap" in msg and "90..99" in msg
+
+
+def test_random_crops_shapes(pines):
+  rng = np.random.default_rng(0)
+  crops = data.random_crops(pines.cube, rng, batch=6, size=16, augment=False)
+  assert crops.shape == (6, 16, 16, 200) and crops.dtype == np.float32
+  msg = _raises_one_line(data.random_crops, pines.cube[:10, :20], rng, 2, 16)
+  assert "10x20" in msg and "16x16" in msg
+
+
+def test_random_crops_augment_is_dihedral_of_a_crop():
+  h, w, size = 23, 31, 8
+  ids = np.arange(h * w, dtype=np.float32).reshape(h, w)
+  cube = np.stack([ids, -ids, ids * 2], axis=-1)
+  crops = data.random_crops(cube, np.random.default_rng(1), batch=32, size=size, augment=True)
+  assert crops.shape == (32, size, size, 3)
+  transforms_seen = set()
+  for crop in crops:
+    # Pixel ids grow along rows and columns, so the smallest id is the crop's top-left corner.
+    y, x = divmod(int(crop[..., 0].min()), w)
+    ref = cube[y:y + size, x:x + size]
+    matches = [(k, f) for k in range(4) for f in (False, True)
+               if np.array_equal(crop, data.patches._dihedral(ref, k, f))]
+    assert matches, "augmented crop is not a flip/rotation of a crop"
+    transforms_seen.add(matches[0])
+  assert len(transforms_seen) > 1
+
+
+def test_tile_positions_cover_edges():
+  pos = data.tile_positions(40, 37, 16, 4)
+  ys, xs = sorted({p[0] for p in pos}), sorted({p[1] for p in pos})
+  assert ys == [0, 12, 24] and xs == [0, 12, 21]
+  assert data.tile_positions(16, 16, 16, 4) == [(0, 0)]
+
+
+def test_predict_tiled_identity(pines):
+  crop = pines.cube[10:50, 20:57]
+  calls = []
+
+  def identity(tiles):
+    calls.append(tiles.shape)
+    return tiles
+
+  out = data.predict_tiled(identity, crop, size=16, overlap=4, batch=4)
+  assert out.shape == crop.shape and out.dtype == np.float32
+  np.testing.assert_allclose(out, crop, rtol=1e-6)
+  assert all(s == (4, 16, 16, 200) for s in calls)  # padded last batch: one shape for jit
+
+
+def test_predict_tiled_changes_bands():
+  cube = np.random.default_rng(0).random((20, 18, 5)).astype(np.float32)
+  out = data.predict_tiled(lambda t: t[..., :2] * 2.0, cube, size=8, overlap=3, batch=3)
+  np.testing.assert_allclose(out, cube[..., :2] * 2.0, rtol=1e-6)
+
+
+def test_predict_tiled_small_image():
+  cube = np.zeros((10, 40, 3), np.float32)
+  msg = _raises_one_line(data.predict_tiled, lambda t: t, cube, 16, 4, 2)
+  assert "10x40" in msg and "16x16" in msg
+  _raises_one_line(data.tile_positions, 40, 40, 16, 16)
