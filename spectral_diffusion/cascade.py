@@ -66,7 +66,8 @@ class StageSpace:
   def reference(self, cond):
     if self.prior is None:
       return np.full(cond.shape[:-1] + (self.out_dim,), 0.5, np.float32)
-    return baselines.predict_ridge(self.prior, cond).astype(np.float32)
+    flat = np.asarray(cond).reshape(-1, cond.shape[-1])
+    return baselines.predict_ridge(self.prior, flat).astype(np.float32).reshape(cond.shape[:-1] + (-1,))
 
   def condition_bands(self, num_in):
     return num_in + (self.out_dim if self.prior is not None else 0)

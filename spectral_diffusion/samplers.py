@@ -42,8 +42,9 @@ def _resolve_loop(loop: str) -> str:
   if isinstance(jnp.zeros(()), jax.core.Tracer):
     return "scan"
   # On XLA:CPU a lax.scan whose body takes a gradient through convolutions
-  # (physics guidance) was measured 3-5x slower than a Python loop of jitted
-  # steps; on accelerators one compiled loop avoids per-step dispatch.
+  # (physics guidance) was measured 3-5x (a 2-layer conv net: ~12x) slower than
+  # a Python loop of jitted steps; on accelerators one compiled loop avoids
+  # per-step dispatch.
   return "python" if jax.default_backend() == "cpu" else "scan"
 
 
@@ -53,23 +54,39 @@ def _init(rng: jax.Array, shape: tuple) -> jax.Array:
   return jax.random.normal(rng, shape, jnp.float32)
 
 
-def _drive(step, shape, rng, consts, num_steps: int, loop: str) -> jax.Array:
-  """Runs x <- step(x, i, consts) for i in [0, num_steps) from x_T ~ N(0, I)."""
+def _as_pytree(fn):
+  """eps_fn / x_transform as a pytree argument of the compiled step. A jax.tree_util.Partial whose
+  function is hashable by value (e.g. a frozen dataclass) and whose arrays are its leaves reuses the
+  compiled step across calls; a plain closure is new each call and is traced again."""
+  if fn is None or isinstance(fn, jax.tree_util.Partial):
+    return fn
+  return jax.tree_util.Partial(fn)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "shape", "num_steps"))
+def _scan_run(step, eps_fn, x_transform, init_rng, consts, shape, num_steps):
+  body = lambda x, i: (step(x, i, consts, eps_fn, x_transform, shape), None)
+  x, _ = jax.lax.scan(body, _init(init_rng, shape), jnp.arange(num_steps, dtype=jnp.int32))
+  return x
+
+
+@functools.partial(jax.jit, static_argnames=("step", "shape"))
+def _one_step(step, x, i, consts, eps_fn, x_transform, shape):
+  return step(x, i, consts, eps_fn, x_transform, shape)
+
+
+def _drive(step, eps_fn, x_transform, shape, rng, consts, num_steps: int, loop: str) -> jax.Array:
+  """Runs x <- step(x, i, consts, eps_fn, x_transform, shape) for i in [0, num_steps) from x_T ~ N(0, I).
+
+  `step` is a module-level function (static, so compilations are cached); i is traced."""
   init_rng, step_rng = jax.random.split(rng)
   consts = dict(consts, rng=step_rng)
+  eps_fn, x_transform = _as_pytree(eps_fn), _as_pytree(x_transform)
   if _resolve_loop(loop) == "scan":
-
-    @jax.jit
-    def run(init_rng, consts):
-      body = lambda x, i: (step(x, i, consts), None)
-      x, _ = jax.lax.scan(body, _init(init_rng, shape), jnp.arange(num_steps, dtype=jnp.int32))
-      return x
-
-    return run(init_rng, consts)
+    return _scan_run(step, eps_fn, x_transform, init_rng, consts, shape, num_steps)
   x = _init(init_rng, shape)
-  step = jax.jit(step)  # Compiled once; i is a traced argument.
   for i in range(num_steps):
-    x = step(x, jnp.asarray(i, jnp.int32), consts)
+    x = _one_step(step, x, jnp.asarray(i, jnp.int32), consts, eps_fn, x_transform, shape)
   return x
 
 
@@ -117,16 +134,17 @@ def ddpm(eps_fn: EpsFn, schedule: schedules_lib.NoiseSchedule, shape: Sequence[i
       sigma=jnp.where(ts > 0, jnp.sqrt(var[ts]), 0.0),
   )
 
-  def step(x, i, c):
-    t = jnp.full((shape[0],), c["t"][i], jnp.int32)
-    if x_transform is not None:
-      x = x_transform(x, t)
-    eps = eps_fn(x, t)
-    mean = (x - c["eps_coef"][i] * eps) / c["sqrt_alpha"][i]
-    z = jax.random.normal(jax.random.fold_in(c["rng"], i), shape, jnp.float32)
-    return (mean + c["sigma"][i] * z).astype(jnp.float32)
+  return _drive(_ddpm_step, eps_fn, x_transform, shape, rng, consts, num_steps, loop)
 
-  return _drive(step, shape, rng, consts, num_steps, loop)
+
+def _ddpm_step(x, i, c, eps_fn, x_transform, shape):
+  t = jnp.full((shape[0],), c["t"][i], jnp.int32)
+  if x_transform is not None:
+    x = x_transform(x, t)
+  eps = eps_fn(x, t)
+  mean = (x - c["eps_coef"][i] * eps) / c["sqrt_alpha"][i]
+  z = jax.random.normal(jax.random.fold_in(c["rng"], i), shape, jnp.float32)
+  return (mean + c["sigma"][i] * z).astype(jnp.float32)
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
@@ -167,6 +185,8 @@ def ddim(eps_fn: EpsFn, schedule: schedules_lib.NoiseSchedule, shape: Sequence[i
     The x0 sample, float32 of the given shape.
   """
   shape = _check_shape(shape)
+  # A Python eta of 0 needs no noise at all (and the RNG is slow to compile on CPU).
+  stochastic = isinstance(eta, jax.Array) or float(eta) != 0.0
   ts = ddim_timesteps(schedule.num_timesteps, num_steps)
   abar = schedule.alphas_cumprod[ts]
   abar_prev = jnp.concatenate([schedule.alphas_cumprod[ts[1:]], jnp.ones((1,), jnp.float32)])
@@ -180,14 +200,21 @@ def ddim(eps_fn: EpsFn, schedule: schedules_lib.NoiseSchedule, shape: Sequence[i
       sigma=sigma,
   )
 
-  def step(x, i, c):
-    t = jnp.full((shape[0],), c["t"][i], jnp.int32)
-    if x_transform is not None:
-      x = x_transform(x, t)
-    eps = eps_fn(x, t)
-    x0 = (x - c["sqrt_one_minus_abar"][i] * eps) / c["sqrt_abar"][i]
-    z = jax.random.normal(jax.random.fold_in(c["rng"], i), shape, jnp.float32)
-    x = c["sqrt_abar_prev"][i] * x0 + c["dir_coef"][i] * eps + c["sigma"][i] * z
-    return x.astype(jnp.float32)
+  step = _ddim_step_stochastic if stochastic else _ddim_step
+  return _drive(step, eps_fn, x_transform, shape, rng, consts, num_steps, loop)
 
-  return _drive(step, shape, rng, consts, num_steps, loop)
+
+def _ddim_step(x, i, c, eps_fn, x_transform, shape, stochastic=False):
+  t = jnp.full((shape[0],), c["t"][i], jnp.int32)
+  if x_transform is not None:
+    x = x_transform(x, t)
+  eps = eps_fn(x, t)
+  x0 = (x - c["sqrt_one_minus_abar"][i] * eps) / c["sqrt_abar"][i]
+  x = c["sqrt_abar_prev"][i] * x0 + c["dir_coef"][i] * eps
+  if stochastic:
+    z = jax.random.normal(jax.random.fold_in(c["rng"], i), shape, jnp.float32)
+    x = x + c["sigma"][i] * z
+  return x.astype(jnp.float32)
+
+
+_ddim_step_stochastic = functools.partial(_ddim_step, stochastic=True)

@@ -113,13 +113,20 @@ def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg):
   return step_fn
 
 
-def make_batch(exp, stage, space, train_cfg, data_cfg, seed, step):
+def stage_training_cube(train_cube, stage, space):
+  """(H, W, in + out + out): input bands, target bands and the reference, computed once per stage.
+  The prior works pixel by pixel, so cropping, flipping and turning commute with it."""
+  cond = train_cube[..., list(stage.in_bands)]
+  return np.concatenate([cond, train_cube[..., list(stage.out_bands)], space.reference(cond)], axis=-1)
+
+
+def make_batch(stage_cube, stage, space, train_cfg, data_cfg, seed, step):
   """The global batch for `step`, a pure function of (seed, stage, step) so resumed runs match."""
   rng = np.random.default_rng([seed, stage.index, step])
-  crops = data.random_crops(exp.train, rng, train_cfg.batch_size, data_cfg.crop_size, data_cfg.augment)
-  cond = crops[..., list(stage.in_bands)]
-  ref = space.reference(cond)
-  return {"x0": space.to_model(crops[..., list(stage.out_bands)], ref),
+  crops = data.random_crops(stage_cube, rng, train_cfg.batch_size, data_cfg.crop_size, data_cfg.augment)
+  n_in, n_out = len(stage.in_bands), len(stage.out_bands)
+  cond, y, ref = crops[..., :n_in], crops[..., n_in:n_in + n_out], crops[..., n_in + n_out:]
+  return {"x0": space.to_model(y, ref),
           "cond": space.network_condition(cond, ref),
           "offset": (space.target_scale * ref).astype(np.float32)}
 
@@ -144,9 +151,13 @@ def stage_metadata(config, exp, stage, space):
       "target_scale": space.target_scale, "prior": prior,
       "normaliser": exp.normaliser.to_dict(),
       "wavelengths_nm": None if exp.wavelengths_nm is None else [float(w) for w in exp.wavelengths_nm],
-      "model": config.model.to_dict(), "diffusion": config.diffusion.to_dict(),
-      "crop_size": config.data.crop_size,
+      "crop_size": config.data.crop_size, **model_settings(config),
   }
+
+
+def model_settings(config):
+  """The settings a checkpoint must share with the config that loads it, as JSON gives them back."""
+  return json.loads(json.dumps({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict()}))
 
 
 def abstract_state(model, optimizer, crop_size, cond_bands, mesh):
@@ -214,6 +225,7 @@ def train_stage(config, workdir, exp, stage, mesh=None):
   step_fn = jax.jit(make_train_step(model, schedule, optimizer, config.diffusion, tc),
                     in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=0)
   rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed + 1), stage.index), repl)
+  stage_cube = stage_training_cube(exp.train, stage, space)
   start = int(state.step)
   writer = MetricsWriter(os.path.join(os.path.abspath(workdir), "metrics.jsonl"))
   progress = Progress(tc.num_steps, f"stage {stage.index + 1}/{len(exp.stages)}", start=start)
@@ -227,7 +239,7 @@ def train_stage(config, workdir, exp, stage, mesh=None):
   try:
     pending = None
     for step in range(start, tc.num_steps):
-      batch = make_batch(exp, stage, space, tc, config.data, config.seed, step)
+      batch = make_batch(stage_cube, stage, space, tc, config.data, config.seed, step)
       batch = {k: sharding.put_global_batch(v, mesh) for k, v in batch.items()}
       state, metrics = step_fn(state, batch, rng)
       # Check the previous step's flag: keeps one step in flight instead of syncing on every step.
@@ -315,7 +327,7 @@ def load_stage(config, workdir, stage_index, step=None):
   except Exception as e:  # Orbax raises many types; the user needs the path and the way out.
     raise UserInputError(f"checkpoint {ckpt_dir}/{step} has unreadable metadata ({type(e).__name__}); "
                          f"move it away and train again") from None
-  check_metadata(meta, {"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict()}, sdir)
+  check_metadata(meta, model_settings(config), sdir)
   stage = cascade.Stage(stage_index, tuple(meta["in_bands"]), tuple(meta["out_bands"]))
   prior = None
   if meta["prior"] is not None:

@@ -177,15 +177,14 @@ def test_x_transform_is_applied_and_is_the_state():
 
   # Channel 0 is zero before each call, eps is elementwise, so it stays exactly 0
   # (the last DDPM step adds no noise; DDIM ends on x0_hat); channel 1 is untouched.
-  for sample in (
-      lambda **kw: samplers.ddpm(eps_fn, s, shape, rng, **kw),
-      lambda **kw: samplers.ddim(eps_fn, s, shape, rng, num_steps=10, eta=1.0, **kw)):
-    for loop in ("scan", "python"):
-      x = sample(x_transform=zero_channel0, loop=loop)
-      ref = sample(loop=loop)
-      np.testing.assert_array_equal(x[..., 0], 0.0)
-      np.testing.assert_allclose(x[..., 1], ref[..., 1], rtol=1e-6)
-      assert not np.allclose(ref[..., 0], 0.0)
+  for sample, loop in (
+      (lambda **kw: samplers.ddpm(eps_fn, s, shape, rng, **kw), "python"),
+      (lambda **kw: samplers.ddim(eps_fn, s, shape, rng, num_steps=10, eta=1.0, **kw), "scan")):
+    x = sample(x_transform=zero_channel0, loop=loop)
+    ref = sample(loop=loop)
+    np.testing.assert_array_equal(x[..., 0], 0.0)
+    np.testing.assert_allclose(x[..., 1], ref[..., 1], rtol=1e-6)
+    assert not np.allclose(ref[..., 0], 0.0)
   assert seen and all(shp == (4,) for shp in seen)
 
 

@@ -1,0 +1,51 @@
+"""Demo: a small two-stage SCDM cascade on AVIRIS Indian Pines (ships in the tensorly wheel), 2 CPU cores.
+
+  python -m spectral_diffusion.main --config=configs/demo_indian_pines.py --workdir=runs/demo
+
+RGB = bands nearest 640 / 550 / 460 nm -> 24 bands -> all 200 bands. Spatial split without overlap:
+train on image columns 0-71, test on columns 80-144 (an 8-column gap). Each stage diffuses the residual
+over a degree-2 ridge regression from its input bands, predicting x0 (the papers' eps-prediction does
+not converge in this budget: see README). Expected (see README, measured on 2 cores): training and
+evaluation in about 10 minutes; scdm beats linear ridge on MPSNR and SAM on the test split.
+"""
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.data.name = "indian_pines"
+  c.data.num_bands = 200
+  c.data.crop_size = 32
+
+  c.model.base_channels = 32
+  c.model.channel_mults = (1, 2, 2)
+  c.model.num_res_blocks = 1
+  c.model.attn_levels = ()
+  c.model.dropout = 0.0
+  c.model.num_groups = 8
+  c.model.time_embed_dim = 128
+
+  c.diffusion.parameterisation = "x0"
+  c.diffusion.prior = "ridge_poly2"
+  c.diffusion.target_scale = 0.0     # auto: unit std of the residual on the training split
+  c.diffusion.sam_weight = 1.0
+
+  c.train.batch_size = 16
+  c.train.num_steps = 600
+  c.train.learning_rate = 2e-4
+  c.train.lr_schedule = "cosine"
+  c.train.warmup_steps = 50
+  c.train.ema_decay = 0.995
+  c.train.ema_start = 100
+  c.train.log_every = 50
+  c.train.checkpoint_every = 200
+
+  c.sample.sampler = "ddim"
+  c.sample.num_steps = 20
+  c.sample.icmg_scale = (0.0, 0.0)
+  c.sample.pdt_p_start = (1.0, 1.0)
+  c.sample.num_samples = 4
+  c.sample.tile_size = 32
+  c.sample.tile_overlap = 8
+  c.sample.batch_size = 16
+  return c
