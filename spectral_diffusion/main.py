@@ -4,6 +4,8 @@ Modes: train (train every stage, then evaluate), eval, sample (run the cascade o
 (stages and parameter counts, no parameters allocated). `--config.a.b=value` overrides any field.
 Exit codes: 0 done, 2 bad input (one-line message), 3 training diverged (last good checkpoint kept).
 """
+import os
+import re
 import sys
 
 from absl import flags
@@ -53,12 +55,24 @@ def run():
 
 def main(argv=None):
   argv = sys.argv if argv is None else argv
+  FLAGS.unparse_flags()  # main() may be called more than once in a process (tests, notebooks)
+  for arg in argv:
+    path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+    if path and not os.path.isfile(path.split(":")[0]):
+      print(f"error: config file {path} does not exist; run from the repository root or give its path "
+            f"(e.g. --config=configs/demo_indian_pines.py)", file=sys.stderr)
+      return 2
   try:
     FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
-    # Unknown config keys and bad override values land here, as do unknown flags.
-    print(f"error: {_first_line(e)} (see --helpfull; config keys are listed in configs/default.py)",
-          file=sys.stderr)
+    if FLAGS.config is not None:
+      FLAGS.config.keys()  # the file loads lazily: fail here, inside the try, if it cannot
+  except (KeyError, AttributeError) as e:  # ml_collections: an override names a key the config lacks
+    name = re.sub(r"[\"'\\]", "", str(e.args[0] if e.args else e))
+    print(f"error: unknown config key {name!r} in an override; the valid keys are listed in "
+          f"configs/default.py", file=sys.stderr)
+    return 2
+  except (flags.Error, ValueError, TypeError, OSError) as e:  # bad flags, values, missing config file
+    print(f"error: {_first_line(e)} (see --helpfull)", file=sys.stderr)
     return 2
   try:
     run()

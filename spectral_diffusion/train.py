@@ -96,7 +96,7 @@ def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg):
       return per_sample.mean(), per_sample
 
     (loss, per_sample), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

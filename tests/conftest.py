@@ -1,0 +1,66 @@
+"""Shared fixtures: real data from ../shared/data, tiny configs, one trained tiny cascade per session."""
+import pathlib
+
+import numpy as np
+import pytest
+import scipy.io
+
+from configs import demo_indian_pines
+from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+INDIAN_PINES = SHARED_DATA / "scenes" / "Indian_pines_corrected.npy"
+
+
+def indian_pines():
+  if not INDIAN_PINES.exists():
+    pytest.skip(f"real data not found at {INDIAN_PINES}")
+  return np.load(INDIAN_PINES).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def crop_file(tmp_path_factory):
+  """A real 40 x 60 x 200 Indian Pines crop with its wavelengths, as a .mat file."""
+  path = tmp_path_factory.mktemp("data") / "indian_pines_crop.mat"
+  scipy.io.savemat(path, {"cube": indian_pines()[20:60, 30:90],
+                          "wavelengths": np.asarray(INDIAN_PINES_WAVELENGTHS_NM)})
+  return path
+
+
+def tiny_config(data_path):
+  """The demo config shrunk to seconds: tiny U-Net, 2 steps per stage, 2-step DDIM, 16 x 16 tiles."""
+  c = demo_indian_pines.get_config()
+  c.data.name = "file"
+  c.data.path = str(data_path)
+  c.data.train_cols = (0, 36)
+  c.data.test_cols = (40, 60)
+  c.data.crop_size = 16
+  c.model.base_channels = 8
+  c.model.channel_mults = (1, 2)
+  c.model.num_groups = 4
+  c.model.time_embed_dim = 32
+  c.model.attn_levels = (1,)
+  c.train.batch_size = 2
+  c.train.num_steps = 2
+  c.train.warmup_steps = 0
+  c.train.ema_start = 0
+  c.train.log_every = 1
+  c.train.checkpoint_every = 2
+  c.sample.num_steps = 2
+  c.sample.tile_size = 16
+  c.sample.tile_overlap = 4
+  c.sample.batch_size = 4
+  c.sample.num_samples = 2
+  c.sample.icmg_scale = (0.0, 1.5)
+  c.sample.pdt_p_start = (0.96, 0.88)
+  return c
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, crop_file):
+  """(config, workdir) of a tiny cascade trained and evaluated end to end on the real crop."""
+  from spectral_diffusion import train
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config(crop_file)
+  train.train_and_evaluate(config, str(workdir))
+  return config, workdir
