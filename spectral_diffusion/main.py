@@ -13,17 +13,22 @@ from ml_collections import config_flags
 
 from spectral_diffusion.errors import TrainingDiverged, UserInputError
 
-FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=FLAGS)
-flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics.jsonl and eval/ go here", flag_values=FLAGS)
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "describe"], "what to do", flag_values=FLAGS)
-flags.DEFINE_string("input", None, "sample: .npy/.mat image: RGB (H, W, 3) or a cube with --input_bands",
-                    flag_values=FLAGS)
-flags.DEFINE_string("input_key", None, "sample: variable name inside a .mat input", flag_values=FLAGS)
-flags.DEFINE_list("input_bands", None, "sample: 0-based indices of R, G, B in a multi-band input",
-                  flag_values=FLAGS)
-flags.DEFINE_string("output", None, "sample: output .npy path (default: WORKDIR/samples/<input>.npy)",
-                    flag_values=FLAGS)
+
+def define_flags(argv):
+  """A fresh flag set per call: main() may run more than once in a process (tests, notebooks)."""
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=fv,
+                                 sys_argv=argv)  # overrides are found in argv, not in sys.argv
+  flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics.jsonl and eval/ go here", flag_values=fv)
+  flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "describe"], "what to do", flag_values=fv)
+  flags.DEFINE_string("input", None, "sample: .npy/.mat image: RGB (H, W, 3) or a cube with --input_bands",
+                      flag_values=fv)
+  flags.DEFINE_string("input_key", None, "sample: variable name inside a .mat input", flag_values=fv)
+  flags.DEFINE_list("input_bands", None, "sample: 0-based indices of R, G, B in a multi-band input",
+                    flag_values=fv)
+  flags.DEFINE_string("output", None, "sample: output .npy path (default: WORKDIR/samples/<input>.npy)",
+                      flag_values=fv)
+  return fv
 
 
 def _first_line(e):
@@ -31,41 +36,41 @@ def _first_line(e):
   return text[0] if text else type(e).__name__
 
 
-def run():
-  config = FLAGS.config
+def run(flag_values):
+  config = flag_values.config
   if config is None:
     raise UserInputError("no --config given; e.g. --config=configs/demo_indian_pines.py")
-  if FLAGS.mode == "describe":
+  if flag_values.mode == "describe":
     from spectral_diffusion import describe
     print(describe.describe(config))
-  elif FLAGS.mode == "train":
+  elif flag_values.mode == "train":
     from spectral_diffusion import train
-    train.train_and_evaluate(config, FLAGS.workdir)
-  elif FLAGS.mode == "eval":
+    train.train_and_evaluate(config, flag_values.workdir)
+  elif flag_values.mode == "eval":
     from spectral_diffusion import evaluate
-    evaluate.evaluate(config, FLAGS.workdir)
+    evaluate.evaluate(config, flag_values.workdir)
   else:
     from spectral_diffusion import sample
-    if not FLAGS.input:
+    if not flag_values.input:
       raise UserInputError("--mode=sample needs --input=FILE (.npy or .mat RGB image or cube)")
-    bands = [int(b) for b in FLAGS.input_bands] if FLAGS.input_bands else None
-    sample.sample_file(config, FLAGS.workdir, FLAGS.input, FLAGS.output, input_key=FLAGS.input_key,
+    bands = [int(b) for b in flag_values.input_bands] if flag_values.input_bands else None
+    sample.sample_file(config, flag_values.workdir, flag_values.input, flag_values.output, input_key=flag_values.input_key,
                        input_bands=bands)
 
 
 def main(argv=None):
   argv = sys.argv if argv is None else argv
-  FLAGS.unparse_flags()  # main() may be called more than once in a process (tests, notebooks)
   for arg in argv:
     path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
     if path and not os.path.isfile(path.split(":")[0]):
       print(f"error: config file {path} does not exist; run from the repository root or give its path "
             f"(e.g. --config=configs/demo_indian_pines.py)", file=sys.stderr)
       return 2
+  flag_values = define_flags(argv)
   try:
-    FLAGS(argv)
-    if FLAGS.config is not None:
-      FLAGS.config.keys()  # the file loads lazily: fail here, inside the try, if it cannot
+    flag_values(argv)
+    if flag_values.config is not None:
+      flag_values.config.keys()  # the file loads lazily: fail here, inside the try, if it cannot
   except (KeyError, AttributeError) as e:  # ml_collections: an override names a key the config lacks
     name = re.sub(r"[\"'\\]", "", str(e.args[0] if e.args else e))
     print(f"error: unknown config key {name!r} in an override; the valid keys are listed in "
@@ -75,7 +80,7 @@ def main(argv=None):
     print(f"error: {_first_line(e)} (see --helpfull)", file=sys.stderr)
     return 2
   try:
-    run()
+    run(flag_values)
   except UserInputError as e:
     print(f"error: {_first_line(e)}", file=sys.stderr)
     return 2
