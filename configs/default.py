@@ -49,7 +49,8 @@ def get_config():
   c.diffusion.loss = "mse"           # mse (paper) | l1 (official code), on the network's target
   c.diffusion.sam_weight = 1.0       # lambda for the SAM loss on the predicted x0
   c.diffusion.p_uncond = 0.1         # condition zeroed with this probability (for ICMG)
-  c.diffusion.prior = "none"         # none | ridge_poly2: diffuse the residual over a regression
+  c.diffusion.prior = ("none",)      # none | ridge | ridge_poly2 (one, or one per stage): diffuse the
+                                     # residual over a ridge regression from the stage's input bands
   c.diffusion.target_scale = 2.0     # model space x0 = target_scale * (y - reference); 0 = auto (unit std)
 
   c.train = ml_collections.ConfigDict()

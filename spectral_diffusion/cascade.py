@@ -2,8 +2,8 @@
 
 A stage maps its input bands (the RGB bands, or the previous stage's output) to its output bands.
 The network diffuses x0 = target_scale * (y - reference), where the reference is 0.5 (centre of
-min-max normalised data) or, with a regression prior, the degree-2 ridge prediction of y from the
-input bands; the network's condition is the input bands, plus the prior prediction when there is one.
+min-max normalised data) or, with a regression prior, the (degree-1 or degree-2) ridge prediction of y
+from the input bands; the network's condition is the input bands, plus the prior prediction when there is one.
 """
 import dataclasses
 import math
@@ -99,35 +99,30 @@ class StageDenoiser:
   pdt_target: str               # eps (paper) | state (official code; see pdt_state_transform)
 
   def __call__(self, params, cond, schedule, x_t, t):
-    def eps_of(x, tt, c):
+    def model_fn(x, tt, c):
       out = self.model.apply({"params": params}, x, tt, c)
       return losses.to_eps_and_x0(schedule, self.parameterisation, x, tt, out)[0]
 
-    if self.icmg_scale:  # conditional and unconditional passes as ONE batched call
-      both = eps_of(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
-                    jnp.concatenate([cond, jnp.zeros_like(cond)]))
-      eps_c, eps_u = jnp.split(both, 2)
-      eps = guidance.icmg(eps_c, eps_u, self.icmg_scale)
-    else:
-      eps = eps_of(x_t, t, cond)
+    eps_fn = guidance.icmg_eps_fn(model_fn, cond, self.icmg_scale)  # one batched call when scale != 0
     if self.pdt_target == "eps" and self.pdt_p_start < 1.0:
-      eps = guidance.pdt_clip(eps, guidance.pdt_percentile(t, schedule.num_timesteps, self.pdt_p_start))
-    return eps
+      eps_fn = guidance.pdt_eps_fn(eps_fn, schedule.num_timesteps, self.pdt_p_start)
+    return eps_fn(x_t, t)
 
 
 def pdt_state_transform(p_start, num_timesteps, x_t, t):
-  """The official code's PDT: clamp the state x_t before the network call."""
-  return guidance.pdt_clip(x_t, guidance.pdt_percentile(t, num_timesteps, p_start))
+  """The official code's PDT (clamp the state x_t before the network call), for a tree_util.Partial."""
+  return guidance.pdt_x_transform(num_timesteps, p_start)(x_t, t)
 
 
-def _per_stage(value, k, what):
+def per_stage(value, k, what):
+  """Stage k's setting from a config value that is either one value for all stages or one per stage."""
   values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
   if len(values) == 1:
-    return float(values[0])
+    return values[0]
   if k >= len(values):
     raise UserInputError(f"{what} has {len(values)} values but the cascade has stage {k + 1}; "
                          f"give one value per stage")
-  return float(values[k])
+  return values[k]
 
 
 @dataclasses.dataclass
@@ -145,9 +140,9 @@ def sample_stage(bundle, schedule, cond, rng, sample_cfg):
   k = bundle.stage.index
   if sample_cfg.pdt_target not in ("eps", "state"):
     raise UserInputError(f"unknown sample.pdt_target {sample_cfg.pdt_target!r}: use eps or state")
-  p_start = _per_stage(sample_cfg.pdt_p_start, k, "sample.pdt_p_start")
+  p_start = float(per_stage(sample_cfg.pdt_p_start, k, "sample.pdt_p_start"))
   denoiser = StageDenoiser(bundle.model, bundle.parameterisation,
-                           _per_stage(sample_cfg.icmg_scale, k, "sample.icmg_scale"),
+                           float(per_stage(sample_cfg.icmg_scale, k, "sample.icmg_scale")),
                            p_start, sample_cfg.pdt_target)
   reference = bundle.space.reference(cond)
   net_cond = jnp.asarray(bundle.space.network_condition(cond, reference))

@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-from spectral_diffusion import experiment, models
+from spectral_diffusion import cascade, experiment, models
 
 
 def stage_parameter_count(config, stage, cond_bands):
@@ -15,12 +15,12 @@ def stage_parameter_count(config, stage, cond_bands):
 
 def describe(config):
   stages = experiment.plan_from_config(config)
-  prior = config.diffusion.prior != "none"
   lines = [f"cascade: {len(stages)} stage(s), model {config.model.name}, base {config.model.base_channels}, "
            f"mults {tuple(config.model.channel_mults)}, parameterisation {config.diffusion.parameterisation}"
-           + (f", residual over {config.diffusion.prior}" if prior else "")]
+           + f", regression prior {config.diffusion.prior}"]
   total = 0
   for s in stages:
+    prior = cascade.per_stage(config.diffusion.prior, s.index, "diffusion.prior") != "none"
     cond = len(s.in_bands) + (len(s.out_bands) if prior else 0)
     n = stage_parameter_count(config, s, cond)
     total += n

@@ -17,6 +17,9 @@ DATA_SOURCES = {
 }
 
 
+PRIOR_DEGREES = {"ridge": 1, "ridge_poly2": 2}
+
+
 @dataclasses.dataclass
 class Experiment:
   name: str
@@ -98,11 +101,12 @@ def fit_stage_space(config, stage, train):
   """The stage's model space; with a regression prior, fit it on the training split."""
   out_dim = len(stage.out_bands)
   prior = None
-  if config.diffusion.prior == "ridge_poly2":
+  kind = cascade.per_stage(config.diffusion.prior, stage.index, "diffusion.prior")
+  if kind in PRIOR_DEGREES:
     prior = baselines.fit_ridge(train[..., list(stage.in_bands)], train[..., list(stage.out_bands)],
-                                alpha=config.eval.ridge_alpha, degree=2)
-  elif config.diffusion.prior != "none":
-    raise UserInputError(f"unknown diffusion.prior {config.diffusion.prior!r}: use none or ridge_poly2")
+                                alpha=config.eval.ridge_alpha, degree=PRIOR_DEGREES[kind])
+  elif kind != "none":
+    raise UserInputError(f"unknown diffusion.prior {kind!r}: use none, ridge or ridge_poly2")
   scale = float(config.diffusion.target_scale)
   if scale == 0:  # auto: unit standard deviation of the diffused target on the training split
     space = cascade.StageSpace(out_dim, 1.0, prior)

@@ -31,9 +31,9 @@ def define_flags(argv):
   return fv
 
 
-def _first_line(e):
-  text = str(e).strip().splitlines()
-  return text[0] if text else type(e).__name__
+def _one_line(e):
+  text = " ".join(str(e).split())
+  return (text[:400] + " ...") if len(text) > 400 else (text or type(e).__name__)
 
 
 def run(flag_values):
@@ -77,15 +77,15 @@ def main(argv=None):
           f"configs/default.py", file=sys.stderr)
     return 2
   except (flags.Error, ValueError, TypeError, OSError) as e:  # bad flags, values, missing config file
-    print(f"error: {_first_line(e)} (see --helpfull)", file=sys.stderr)
+    print(f"error: {_one_line(e)} (see --helpfull)", file=sys.stderr)
     return 2
   try:
     run(flag_values)
   except UserInputError as e:
-    print(f"error: {_first_line(e)}", file=sys.stderr)
+    print(f"error: {_one_line(e)}", file=sys.stderr)
     return 2
   except TrainingDiverged as e:
-    print(f"error: {_first_line(e)}", file=sys.stderr)
+    print(f"error: {_one_line(e)}", file=sys.stderr)
     return 3
   return 0
 

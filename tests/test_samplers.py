@@ -208,3 +208,22 @@ def test_bad_arguments_raise():
     samplers.ddpm(_tanh_eps_fn, s, (1, 2), jax.random.PRNGKey(0), variance="fixed")
   with pytest.raises(ValueError):
     samplers.ddim(_tanh_eps_fn, s, (1, 2), jax.random.PRNGKey(0), loop="nope")
+
+
+def test_partial_eps_fn_reuses_the_compiled_step():
+  """A tree_util.Partial of a hashable function is traced once, whatever arrays it carries."""
+  import dataclasses
+
+  traces = []
+
+  @dataclasses.dataclass(frozen=True)
+  class Scaled:
+    def __call__(self, a, x_t, t):
+      traces.append(1)
+      return a * x_t
+
+  schedule = schedules.linear(20)
+  for a in (0.1, 0.2, 0.3):
+    eps_fn = jax.tree_util.Partial(Scaled(), jnp.float32(a))
+    samplers.ddim(eps_fn, schedule, (2, 3), jax.random.key(0), num_steps=4, loop="python")
+  assert len(traces) == 1

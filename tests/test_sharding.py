@@ -1,0 +1,39 @@
+"""Training sharded over several CPU devices matches one device with the same global batch."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+SCRIPT = r"""
+import sys, jax, numpy as np
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from spectral_diffusion import experiment, train
+config = tiny_config(sys.argv[1])
+config.train.batch_size = 4
+config.train.num_steps = 3
+config.train.stages = (0,)
+exp = experiment.load_experiment(config)
+state = train.train_stage(config, sys.argv[2], exp, exp.stages[0])
+leaves = jax.tree.leaves(state.params)
+np.savez(sys.argv[3], *[np.asarray(x) for x in leaves], devices=len(jax.devices()))
+"""
+
+
+def _train(tmp_path, crop_file, devices):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  out = tmp_path / f"params_{devices}.npz"
+  subprocess.run([sys.executable, "-c", SCRIPT, str(crop_file), str(tmp_path / f"run_{devices}"), str(out)],
+                 check=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return np.load(out)
+
+
+def test_four_devices_match_one(tmp_path, crop_file):
+  one, four = _train(tmp_path, crop_file, 1), _train(tmp_path, crop_file, 4)
+  assert int(one["devices"]) == 1 and int(four["devices"]) == 4
+  names = [k for k in one.files if k != "devices"]
+  assert names
+  for k in names:
+    np.testing.assert_allclose(one[k], four[k], rtol=2e-4, atol=2e-6)
