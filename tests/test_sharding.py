@@ -35,5 +35,8 @@ def test_four_devices_match_one(tmp_path, crop_file):
   assert int(one["devices"]) == 1 and int(four["devices"]) == 4
   names = [k for k in one.files if k != "devices"]
   assert names
+  # Sums over a sharded batch reduce in another order; Adam divides by sqrt(v), so a parameter whose
+  # gradient is nearly zero can move by a visible fraction of lr either way. atol is 5 % of the
+  # largest possible move (3 steps x lr 2e-4); a wrong split of the batch moves parameters by ~lr.
   for k in names:
-    np.testing.assert_allclose(one[k], four[k], rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(one[k], four[k], rtol=1e-3, atol=3e-5)
