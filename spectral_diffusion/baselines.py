@@ -133,17 +133,19 @@ def interp_bands(cube_in, in_wavelengths: Sequence[float], out_wavelengths: Sequ
   return out.reshape(*shape[:-1], w_out.size)
 
 
-def run_baselines(train_in, train_out, test_in, in_wavelengths, out_wavelengths) -> Dict[str, np.ndarray]:
+def run_baselines(train_in, train_out, test_in, in_wavelengths=None, out_wavelengths=None,
+                  alpha: float = 1e-3) -> Dict[str, np.ndarray]:
   """Fits on (train_in, train_out) and predicts all bands for test_in.
 
   Returns {"ridge": degree-1 ridge, "ridge_poly2": degree-2 ridge, "interp": `interp_bands`}, each
-  shaped like test_in with the last axis len(out_wavelengths).
+  shaped like test_in with train_out's band count; "interp" only when wavelengths are given.
   """
-  b_out = np.shape(train_out)[-1]
-  if len(out_wavelengths) != b_out:
-    raise UserInputError(f"{len(out_wavelengths)} output wavelengths for {b_out} output bands.")
-  return {
-      "ridge": predict_ridge(fit_ridge(train_in, train_out, degree=1), test_in),
-      "ridge_poly2": predict_ridge(fit_ridge(train_in, train_out, degree=2), test_in),
-      "interp": interp_bands(test_in, in_wavelengths, out_wavelengths),
-  }
+  preds = {name: predict_ridge(fit_ridge(train_in, train_out, alpha=alpha, degree=degree), test_in)
+           for name, degree in (("ridge", 1), ("ridge_poly2", 2))}
+  if in_wavelengths is not None and out_wavelengths is not None:
+    b_out = np.shape(train_out)[-1]
+    if len(out_wavelengths) != b_out:
+      raise UserInputError(f"{len(out_wavelengths)} output wavelengths for {b_out} output bands; "
+                           f"give one wavelength per band")
+    preds["interp"] = interp_bands(test_in, in_wavelengths, out_wavelengths)
+  return preds

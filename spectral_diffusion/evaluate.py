@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from spectral_diffusion import baselines, cascade, experiment, metrics, train
+from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
 METRIC_KEYS = ("rmse", "sam", "mpsnr", "mssim", "ergas")
@@ -31,7 +32,7 @@ def load_cascade(config, workdir, exp):
   for stage in exp.stages:
     bundle, _ = train.load_stage(config, workdir, stage.index)
     if bundle.stage != stage:
-      raise ValueError(f"stage {stage.index + 1} in {workdir} maps bands {bundle.stage.in_bands} -> "
+      raise UserInputError(f"stage {stage.index + 1} in {workdir} maps bands {bundle.stage.in_bands} -> "
                        f"{bundle.stage.out_bands}, the config plans {stage.in_bands} -> {stage.out_bands}")
     bundles.append(bundle)
   return bundles
@@ -58,11 +59,9 @@ def predictions(config, workdir, exp):
                                   jax.random.key(config.seed + 200 + k), config.sample, progress)[0]
       stage_preds[f"scdm_stage{k + 1}_from_truth"] = (alone, list(bundle.stage.out_bands))
   progress.close()
-  for name, degree in (("ridge", 1), ("ridge_poly2", 2)):
-    fit = baselines.fit_ridge(train_cube[..., rgb], train_cube, config.eval.ridge_alpha, degree)
-    preds[name] = baselines.predict_ridge(fit, test[..., rgb])
-  if exp.wavelengths_nm is not None:  # interpolation needs wavelengths
-    preds["interp"] = baselines.interp_bands(test[..., rgb], exp.wavelengths_nm[rgb], exp.wavelengths_nm)
+  wl = exp.wavelengths_nm  # without wavelengths there is no interpolation baseline
+  preds.update(baselines.run_baselines(train_cube[..., rgb], train_cube, test[..., rgb],
+                                       None if wl is None else wl[rgb], wl, alpha=config.eval.ridge_alpha))
   return preds, stage_preds
 
 

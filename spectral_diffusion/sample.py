@@ -67,11 +67,9 @@ def sample_file(config, workdir, input_path, output_path=None, input_key=None, i
 def _save_png(path, cube, meta):
   from spectral_diffusion import plots
   import matplotlib.pyplot as plt
-  rgb_bands = meta["in_bands"] if meta["stage"] == 0 else None
-  n = cube.shape[-1]
-  spread = [int(i) for i in np.linspace(0, n - 1, 5)[1:4]]
+  spread = [int(i) for i in np.linspace(0, cube.shape[-1] - 1, 5)[1:4]]
   fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-  axes[0].imshow(plots.false_colour(cube, rgb_bands or spread[::-1])[0])
+  axes[0].imshow(plots.false_colour(cube, meta["in_bands"])[0])  # stage 1's inputs: the RGB bands
   axes[0].set_title("output, input (RGB) bands")
   axes[1].imshow(plots.false_colour(cube, spread)[0])
   axes[1].set_title(f"output, bands {spread}")
