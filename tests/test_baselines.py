@@ -1,25 +1,21 @@
 """Baselines on real Indian Pines data: exact recovery, np.interp parity, and the real measurement."""
 
-import pathlib
 
 import numpy as np
 import pytest
 
+from conftest import indian_pines
 from spectral_diffusion import baselines, metrics
 from spectral_diffusion.data._indian_pines_wavelengths import INDIAN_PINES_WAVELENGTHS_NM
 from spectral_diffusion.errors import UserInputError
 
-_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-_SCENE = _DATA / "scenes" / "Indian_pines_corrected.npy"
 _WL = np.asarray(INDIAN_PINES_WAVELENGTHS_NM)
 
 
 @pytest.fixture(scope="module")
 def scene():
   """The full 145x145x200 scene, min-max normalised globally."""
-  if not _SCENE.exists():
-    pytest.skip(f"real scene not found: {_SCENE}")
-  cube = np.load(_SCENE).astype(np.float64)
+  cube = indian_pines().astype(np.float64)
   return (cube - cube.min()) / (cube.max() - cube.min())
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.io
 
+from conftest import SHARED_DATA
 from spectral_diffusion import data
 from spectral_diffusion.errors import UserInputError
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-SCENES = SHARED / "scenes"
+SCENES = SHARED_DATA / "scenes"
 
 
 def _shared(rel: str) -> pathlib.Path:

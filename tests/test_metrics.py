@@ -1,23 +1,17 @@
 """Metrics against skimage and closed forms, on a real Indian Pines crop."""
 
-import pathlib
 
 import numpy as np
 import pytest
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from conftest import indian_pines
 from spectral_diffusion import metrics
 from spectral_diffusion.errors import UserInputError
 
-_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-_SCENE = _DATA / "scenes" / "Indian_pines_corrected.npy"
-
-
 def _cube():
-  if not _SCENE.exists():
-    pytest.skip(f"real scene not found: {_SCENE}")
-  return np.load(_SCENE).astype(np.float64)
+  return indian_pines().astype(np.float64)
 
 
 @pytest.fixture(scope="module")
