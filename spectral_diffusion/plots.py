@@ -13,11 +13,12 @@ SHOWN = ("scdm", "scdm_mean", "ridge_poly2", "ridge", "interp")
 
 
 def false_colour(cube, bands, lo=None, hi=None):
-  """(H, W, 3) image in [0, 1] from three bands, stretched by the 2-98 % percentiles of the reference."""
+  """(H, W, 3) image in [0, 1] from three bands, each stretched by its own 2-98 % percentiles
+  (pass the reference's lo, hi to show other cubes on the same stretch)."""
   rgb = np.asarray(cube)[..., list(bands)].astype(np.float64)
   if lo is None:
-    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
-  return np.clip((rgb - lo) / max(hi - lo, 1e-12), 0, 1), lo, hi
+    lo, hi = np.percentile(rgb, 2, axis=(0, 1)), np.percentile(rgb, 98, axis=(0, 1))
+  return np.clip((rgb - lo) / np.maximum(hi - lo, 1e-12), 0, 1), lo, hi
 
 
 def evaluation_figures(out_dir, exp, preds):
