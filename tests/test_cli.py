@@ -85,6 +85,11 @@ def test_sample_writes_full_cube(capsys, trained, tmp_path):
   code, _ = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
                 f"--input={tmp_path}/full.npy", f"--output={tmp_path}/full_out.npy")
   assert code == 0 and np.load(tmp_path / "full_out.npy").shape == (20, 24, 200)
+  # The official code's PDT on the state x_t, with DDIM eta 1.
+  code, _ = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
+                "--config.sample.pdt_target=state", "--config.sample.eta=1.0",
+                f"--input={tmp_path}/rgb.npy", f"--output={tmp_path}/state_out.npy")
+  assert code == 0 and np.isfinite(np.load(tmp_path / "state_out.npy")).all()
 
 
 @pytest.mark.parametrize("case", ["wrong_bands", "nan", "too_small", "missing"])
