@@ -5,8 +5,9 @@
 RGB = bands nearest 640 / 550 / 460 nm -> 24 bands -> all 200 bands. Spatial split without overlap:
 train on image columns 0-71, test on columns 80-144 (an 8-column gap). Each stage diffuses the residual
 over a ridge regression from its input bands (degree 2 from RGB, linear from 24 bands), predicting x0 (the papers' eps-prediction does
-not converge in this budget: see README). Expected (see README, measured on 2 cores): training and
-evaluation in about 10 minutes; scdm beats linear ridge on MPSNR and SAM on the test split.
+not converge in this budget: see README). Expected (measured on 2 cores): training and evaluation in
+about 11 minutes; on the test split scdm_mean (4 samples) 39.98 dB MPSNR / 4.01 deg SAM, beating linear
+ridge (39.65 / 4.59) but not degree-2 ridge (41.08 / 3.84); scdm (one sample) 39.29 dB / 4.36 deg.
 """
 from configs import default
 
