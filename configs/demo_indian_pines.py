@@ -3,9 +3,9 @@
   python -m spectral_diffusion.main --config=configs/demo_indian_pines.py --workdir=runs/demo
 
 RGB = bands nearest 640 / 550 / 460 nm -> 24 bands -> all 200 bands. Spatial split without overlap:
-train on image columns 0-71, test on columns 80-144 (an 8-column gap). Each stage diffuses the residual
-over a ridge regression from its input bands (degree 2 from RGB, linear from 24 bands), predicting x0 (the papers' eps-prediction does
-not converge in this budget: see README). Expected (measured on 2 cores): training and evaluation in
+train on image columns 0-71, test on columns 80-144 (an 8-column gap). Each stage predicts x0 of the
+residual over a ridge regression from its input bands (degree 2 from RGB, linear from 24 bands); the
+papers' eps-prediction does not converge in this budget (see README). Expected (measured on 2 cores): training and evaluation in
 about 11 minutes; on the test split scdm_mean (4 samples) 39.98 dB MPSNR / 4.01 deg SAM, beating linear
 ridge (39.65 / 4.59) but not degree-2 ridge (41.08 / 3.84); scdm (one sample) 39.29 dB / 4.36 deg.
 """
