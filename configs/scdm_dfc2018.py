@@ -15,9 +15,8 @@ builder. Paper-vs-code switches: diffusion.loss=l1 and sample.pdt_target=state g
 """
 from configs import default
 
-
 def get_config():
-  c = default.get_config()
+  c = default.get_config()  # its training, loss and guidance defaults are the paper's
   c.data.name = "dfc2018"
   c.data.num_bands = 48
   c.data.rgb_bands = (22, 11, 4)
@@ -29,23 +28,9 @@ def get_config():
   c.data.crop_size = 256
   c.data.augment = False
 
-  c.diffusion.parameterisation = "eps"
-  c.diffusion.loss = "mse"
-  c.diffusion.sam_weight = 1.0
-  c.diffusion.p_uncond = 0.1
   c.diffusion.target_scale = 1.0     # the normalised DN are diffused as they are
 
-  c.train.batch_size = 4
-  c.train.num_steps = 100_000
-  c.train.learning_rate = 1e-4
-  c.train.ema_decay = 0.9999
-  c.train.ema_start = 2000
-
   c.sample.sampler = "ddpm"
-  c.sample.ddpm_variance = "beta"
-  c.sample.icmg_scale = (0.0, 2.5)
-  c.sample.pdt_p_start = (0.96, 0.88)
-  c.sample.pdt_target = "eps"
   c.sample.tile_size = 256
   c.sample.tile_overlap = 32
   c.sample.batch_size = 1

@@ -13,9 +13,8 @@ the paper's exact 48-patch protocol comes with the TFDS builder.
 """
 from configs import default
 
-
 def get_config():
-  c = default.get_config()
+  c = default.get_config()  # its training, loss and guidance defaults are the paper's
   c.data.name = "pavia_center"
   c.data.key = "pavia"
   c.data.num_bands = 102
@@ -25,18 +24,7 @@ def get_config():
   c.data.crop_size = 128
   c.data.augment = False
 
-  c.diffusion.parameterisation = "eps"
-  c.diffusion.loss = "mse"
-  c.diffusion.target_scale = 2.0     # [0, 1] -> [-1, 1]
-
-  c.train.batch_size = 4
-  c.train.num_steps = 100_000
-  c.train.learning_rate = 1e-4
-  c.train.ema_decay = 0.9999
-  c.train.ema_start = 2000
-
   c.sample.sampler = "ddpm"
-  c.sample.icmg_scale = (0.0, 2.5)
   c.sample.pdt_p_start = (0.97, 0.90)
   c.sample.tile_size = 128
   c.sample.tile_overlap = 32
