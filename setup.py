@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["spectral_diffusion", "spectral_diffusion.*"]),
-    package_data={"spectral_diffusion": ["assets/*"]},
+    package_data={"spectral_diffusion.physics": ["weights/*.npz"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",
@@ -22,8 +22,11 @@ setup(
         "h5py>=3.10",
         "matplotlib>=3.8",
         "tensorly>=0.9",  # ships the embedded default scene, AVIRIS Indian Pines
+        "pyrsr>=0.8",     # real sensor spectral response functions (AnyBand-Diff's sensor library)
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.24"],
+        "test": ["pytest>=8", "scikit-image>=0.24", "prosail>=2.0.5"],
+        # Only to retrain the RTM emulator for a new wavelength grid; trained weights ship.
+        "physics": ["prosail>=2.0.5"],
     },
 )
