@@ -7,6 +7,7 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
+  c.method = "scdm"                  # scdm (RGB -> all bands, a cascade) | anyband (any bands -> all)
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -25,6 +26,7 @@ def get_config():
   c.data.test_cols = (80, 145)
   c.data.crop_size = 32              # random training crops
   c.data.augment = True              # random flips and rot90 of training crops
+  c.data.reflectance_scale = 1.0     # raw value * this = reflectance (physics: indices, RTM emulator)
 
   c.cascade = ml_collections.ConfigDict()
   c.cascade.num_stages = 2           # band counts grow geometrically from RGB to all bands
@@ -40,6 +42,7 @@ def get_config():
   c.model.time_embed_dim = 512
   c.model.dtype = "float32"          # compute dtype (bfloat16 for GPU/TPU); parameters stay float32
   c.model.remat = False              # jax.checkpoint the res blocks: less memory, more compute
+  c.model.context_dim = 512          # anyband_unet: width of the CAM context vector h(C, M)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.num_timesteps = 1000
@@ -83,9 +86,34 @@ def get_config():
   c.sample.batch_size = 8            # tiles per network call
   c.sample.loop = "auto"             # auto | scan | python (see samplers)
 
+  # AnyBand-Diff (method=anyband): dual stochastic masking, physical losses, physics-guided sampling.
+  c.masking = ml_collections.ConfigDict()
+  c.masking.dsm = True               # dual stochastic masking; False = each band dropped with p_drop_fixed
+  c.masking.sensors = ()             # sensor library (physics.sensor_names()); () = every sensor that
+                                     # has at least 2 bands on the data's grid
+  c.masking.p_full_grid = 0.5        # per sample: the full grid instead of a simulated sensor
+  c.masking.p_drop = (0.1, 0.7)      # band drop probability ~ U[p_drop] (paper)
+  c.masking.p_drop_fixed = 0.5       # dsm=False
+
+  c.physics = ml_collections.ConfigDict()
+  c.physics.mspl_weight = 1.0        # training loss = diffusion loss + this * MSPL; 0 = no MSPL
+  c.physics.mspl_terms = (1.0, 0.5, 0.2)   # pixel, region, image weights (paper); 0 switches one off
+  c.physics.kde_bandwidth = 0.05     # region term: KDE of NDVI / NDWI over each patch
+  c.physics.rtm_weights = ""         # RTM emulator .npz; "" = the one shipped for the data's grid
+  c.physics.guidance_scale = 1.0     # physics-guided sampling scale s; 0 = off
+  c.physics.guidance_terms = (1.0, 1.0, 0.1)  # observed-index consistency, valid range, RTM manifold
+  c.physics.valid_range = (0.0, 1.0) # reflectance outside this range is penalised by guidance
+
+  c.repair = ml_collections.ConfigDict()
+  c.repair.keep_observed = True      # observed bands come back exactly as given
+
   c.eval = ml_collections.ConfigDict()
   c.eval.ridge_alpha = 1e-3
   c.eval.spectra_pixels = 4          # pixels whose spectra are plotted
+  c.eval.missing_fractions = (0.1, 0.3, 0.5)  # anyband: random band masking protocols
+  c.eval.input_band_counts = (3, 5, 7)        # anyband: k observed bands
+  c.eval.sensors = ("sentinel2a_msi", "landsat8_oli")  # anyband: repair from a simulated sensor
+  c.eval.ablations = ("no_dsm", "no_mspl")    # anyband: models trained without DSM / without MSPL
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.initialize = False   # call jax.distributed.initialize() (multi-host)

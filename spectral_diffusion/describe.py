@@ -14,6 +14,8 @@ def stage_parameter_count(config, stage, cond_bands):
 
 
 def describe(config):
+  if config.method == "anyband":
+    return describe_anyband(config)
   stages = experiment.plan_from_config(config)
   lines = [f"cascade: {len(stages)} stage(s), model {config.model.name}, base {config.model.base_channels}, "
            f"mults {tuple(config.model.channel_mults)}, parameterisation {config.diffusion.parameterisation}"
@@ -36,3 +38,23 @@ def _compact(bands):
   if len(bands) > 2 and all(b - a == bands[1] - bands[0] for a, b in zip(bands, bands[1:])):
     return f"{bands[0]}..{bands[-1]} step {bands[1] - bands[0]}"
   return str(bands)
+
+
+def describe_anyband(config):
+  """The AnyBand model's size beside the paper's; needs data.num_bands (or reads the data for it)."""
+  from spectral_diffusion import anyband
+  from spectral_diffusion.models import anyband_unet
+  prior = anyband.check_config(config)
+  n = config.data.num_bands or anyband.load_data(config).num_bands
+  model = models.build_model(config.model, n)
+  size = max(model.min_size, config.data.crop_size)
+  args = anyband.example_args(n, size, n * (2 if prior == "ridge" else 1))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+  count = sum(x.size for x in jax.tree.leaves(shapes))
+  return "\n".join([
+      f"anyband: {n} bands, model {config.model.name}, base {config.model.base_channels}, "
+      f"mults {tuple(config.model.channel_mults)}, attention at levels {tuple(config.model.attn_levels)}, "
+      f"CAM context {config.model.context_dim}, parameterisation {config.diffusion.parameterisation}, "
+      f"prior {prior}",
+      f"parameters: {count:,} (the paper reports {anyband_unet.PAPER_PARAMETERS / 1e6:.0f} M for its "
+      f"configuration; see README)"])

@@ -66,10 +66,17 @@ def rgb_bands(cfg, wavelengths_nm, num_bands):
   return tuple(data.nearest_bands(wavelengths_nm, cfg.rgb_nm))
 
 
-def load_experiment(config):
-  """Scene -> finite check -> spatial split -> normaliser fit on train -> cascade plan."""
+def load_split(config):
+  """Scene -> finite check -> band count check -> spatial split -> normaliser fit on the training split.
+
+  Returns (scene, normaliser, train, test), the splits normalised float32.
+  """
   scene = load_raw_scene(config.data)
   data.check_finite(scene.cube, scene.name)
+  num_bands = scene.cube.shape[-1]
+  if config.data.num_bands and num_bands != config.data.num_bands:
+    raise UserInputError(f"{scene.name} has {num_bands} bands, the config expects {config.data.num_bands}; "
+                         f"use the matching cube or set --config.data.num_bands={num_bands}")
   train_raw, test_raw = data.spatial_split(scene.cube, tuple(config.data.train_cols),
                                            tuple(config.data.test_cols))
   if config.data.normalise == "minmax":
@@ -78,15 +85,17 @@ def load_experiment(config):
     normaliser = data.Affine(offset=config.data.offset, scale=config.data.scale)
   else:
     raise UserInputError(f"unknown data.normalise {config.data.normalise!r}: use minmax or affine")
+  return (scene, normaliser, normaliser.forward(train_raw).astype(np.float32),
+          normaliser.forward(test_raw).astype(np.float32))
+
+
+def load_experiment(config):
+  """The SCDM experiment: the split scene and the cascade plan."""
+  scene, normaliser, train, test = load_split(config)
   num_bands = scene.cube.shape[-1]
-  if config.data.num_bands and num_bands != config.data.num_bands:
-    raise UserInputError(f"{scene.name} has {num_bands} bands, the config expects {config.data.num_bands}; "
-                         f"use the matching cube or set --config.data.num_bands={num_bands}")
   rgb = rgb_bands(config.data, scene.wavelengths_nm, num_bands)
   stages = cascade.plan_stages(num_bands, rgb, config.cascade.num_stages)
-  return Experiment(scene.name, scene.wavelengths_nm, normaliser,
-                    normaliser.forward(train_raw).astype(np.float32),
-                    normaliser.forward(test_raw).astype(np.float32), rgb, stages)
+  return Experiment(scene.name, scene.wavelengths_nm, normaliser, train, test, rgb, stages)
 
 
 def plan_from_config(config):

@@ -1,7 +1,8 @@
 """Command line: python -m spectral_diffusion.main --config=configs/X.py --workdir=DIR --mode=MODE.
 
-Modes: train (train every stage, then evaluate), eval, sample (run the cascade on --input), describe
-(stages and parameter counts, no parameters allocated). `--config.a.b=value` overrides any field.
+Modes: train (train, then evaluate), eval, sample (SCDM: RGB --input -> all bands), repair (AnyBand:
+--input with missing bands -> all bands), describe (the plan and parameter counts, nothing allocated).
+`--config.a.b=value` overrides any field; `config.method` (scdm | anyband) picks the method.
 Exit codes: 0 done, 2 bad input (one-line message), 3 training diverged (last good checkpoint kept).
 """
 import os
@@ -20,14 +21,14 @@ def define_flags(argv):
   config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=fv,
                                  sys_argv=argv)  # overrides are found in argv, not in sys.argv
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics.jsonl and eval/ go here", flag_values=fv)
-  flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "describe"], "what to do", flag_values=fv)
+  flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "repair", "describe"], "what to do", flag_values=fv)
   flags.DEFINE_string("input", None, "sample: .npy/.mat image: RGB (H, W, 3) or a cube with --input_bands",
                       flag_values=fv)
   flags.DEFINE_string("input_key", None, "sample: variable name inside a .mat input", flag_values=fv)
   flags.DEFINE_list("input_bands", None, "sample: 0-based indices of R, G, B in a multi-band input",
                     flag_values=fv)
-  flags.DEFINE_string("output", None, "sample: output .npy path (default: WORKDIR/samples/<input>.npy)",
-                      flag_values=fv)
+  flags.DEFINE_string("output", None, "sample/repair: output .npy path (default: WORKDIR/samples/ or "
+                      "WORKDIR/repaired/<input>.npy)", flag_values=fv)
   return fv
 
 
@@ -40,22 +41,42 @@ def run(flag_values):
   config = flag_values.config
   if config is None:
     raise UserInputError("no --config given; e.g. --config=configs/demo_indian_pines.py")
-  if flag_values.mode == "describe":
+  if config.method not in ("scdm", "anyband"):
+    raise UserInputError(f"unknown method {config.method!r}: use scdm or anyband")
+  anyband = config.method == "anyband"
+  mode = flag_values.mode
+  if mode in ("sample", "repair") and not flag_values.input:
+    raise UserInputError(f"--mode={mode} needs --input=FILE (.npy or .mat)")
+  if mode == "describe":
     from spectral_diffusion import describe
     print(describe.describe(config))
-  elif flag_values.mode == "train":
-    from spectral_diffusion import train
-    train.train_and_evaluate(config, flag_values.workdir)
-  elif flag_values.mode == "eval":
-    from spectral_diffusion import evaluate
-    evaluate.evaluate(config, flag_values.workdir)
-  else:
+  elif mode == "train":
+    if anyband:
+      from spectral_diffusion import anyband as method
+    else:
+      from spectral_diffusion import train as method
+    method.train_and_evaluate(config, flag_values.workdir)
+  elif mode == "eval":
+    if anyband:
+      from spectral_diffusion import anyband_eval as evaluator
+    else:
+      from spectral_diffusion import evaluate as evaluator
+    evaluator.evaluate(config, flag_values.workdir)
+  elif mode == "sample":
+    if anyband:
+      raise UserInputError("an anyband model rebuilds bands with --mode=repair, not --mode=sample")
     from spectral_diffusion import sample
-    if not flag_values.input:
-      raise UserInputError("--mode=sample needs --input=FILE (.npy or .mat RGB image or cube)")
     bands = [int(b) for b in flag_values.input_bands] if flag_values.input_bands else None
-    sample.sample_file(config, flag_values.workdir, flag_values.input, flag_values.output, input_key=flag_values.input_key,
-                       input_bands=bands)
+    sample.sample_file(config, flag_values.workdir, flag_values.input, flag_values.output,
+                       input_key=flag_values.input_key, input_bands=bands)
+  else:
+    if not anyband:
+      raise UserInputError("--mode=repair needs an anyband config (method=anyband), e.g. "
+                           "--config=configs/anyband_demo_indian_pines.py")
+    from spectral_diffusion import repair
+    missing = [int(b) for b in flag_values.missing_bands] if flag_values.missing_bands else None
+    repair.repair_file(config, flag_values.workdir, flag_values.input, flag_values.output,
+                       input_key=flag_values.input_key, missing_bands=missing, sensor=flag_values.sensor)
 
 
 def main(argv=None):

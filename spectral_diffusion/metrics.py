@@ -160,3 +160,14 @@ def all_metrics(pred, target, data_range, bands: Optional[Sequence[int]] = None)
       "mssim": mssim(p, t, data_range),
       "ergas": ergas(p, t),
   }
+
+
+def index_agreement(pred_index, true_index) -> Dict[str, float]:
+  """Agreement of two spectral-index maps (e.g. NDVI): Pearson correlation over pixels and RMSE."""
+  p = np.asarray(pred_index, np.float64).ravel()
+  t = np.asarray(true_index, np.float64).ravel()
+  if p.shape != t.shape or p.size < 2:
+    raise UserInputError(f"index maps must have the same shape with at least 2 pixels; got "
+                         f"{np.shape(pred_index)} and {np.shape(true_index)}.")
+  cc = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
+  return {"cc": cc, "rmse": float(np.sqrt(np.mean((p - t) ** 2)))}

@@ -88,3 +88,59 @@ def evaluation_figures(out_dir, exp, preds):
   fig.tight_layout()
   fig.savefig(os.path.join(out_dir, "per_band_psnr.png"), dpi=110)
   plt.close(fig)
+
+
+REPAIR_SHOWN = ("anyband", "anyband_no_pgs", "ridge", "interp")
+
+
+def repair_figures(out_dir, d, phys, shown):
+  """For the hardest random-masking protocol and the first sensor protocol: spectra with the observed
+  bands marked, NDVI maps (truth vs repaired) and per-pixel error heatmaps."""
+  masked = [p for p in shown if p.startswith("missing_")]
+  picks = ([max(masked, key=lambda p: int(p[8:-1]))] if masked else []) + \
+      [p for p in shown if p.startswith("sensor_")][:1]
+  x = np.asarray(d.wavelengths_nm)
+  order = np.argsort(x)
+  truth = d.test
+  h, w = truth.shape[:2]
+  pixels = [(int(h * f), int(w * g)) for f, g in ((0.2, 0.3), (0.5, 0.7), (0.8, 0.2), (0.35, 0.85))]
+  for protocol in picks:
+    preds, mask = shown[protocol]
+    names = [m for m in REPAIR_SHOWN if m in preds]
+    obs = np.flatnonzero(mask)
+    fig, axes = plt.subplots(1, len(pixels), figsize=(4.2 * len(pixels), 3.4), squeeze=False)
+    for ax, (r, c) in zip(axes[0], pixels):
+      ax.plot(x[order], truth[r, c, order], "k-", lw=2, label="truth")
+      for m in names:
+        ax.plot(x[order], preds[m][r, c, order], lw=1, label=m)
+      ax.plot(x[obs], preds[names[0]][r, c, obs], "ko", ms=4, mfc="none", label="observed")
+      ax.set_title(f"pixel (row {r}, col {c})")
+      ax.set_xlabel("wavelength (nm)")
+    axes[0, 0].set_ylabel(f"normalised value ({protocol})")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{protocol}_spectra.png"), dpi=110)
+    plt.close(fig)
+
+    ndvi = {"truth": np.asarray(phys.indices(phys.reflectance(truth))[0])}
+    ndvi.update({m: np.asarray(phys.indices(phys.reflectance(preds[m]))[0]) for m in names})
+    fig, axes = plt.subplots(1, len(ndvi), figsize=(2.6 * len(ndvi), 4.2), squeeze=False)
+    for ax, (m, v) in zip(axes[0], ndvi.items()):
+      im = ax.imshow(v, cmap="RdYlGn", vmin=-0.2, vmax=1.0)
+      cc = "" if m == "truth" else f"\nCC {np.corrcoef(v.ravel(), ndvi['truth'].ravel())[0, 1]:.3f}"
+      ax.set_title(f"{m}{cc}")
+      ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="NDVI")
+    fig.savefig(os.path.join(out_dir, f"{protocol}_ndvi.png"), dpi=110)
+    plt.close(fig)
+
+    errs = {m: np.sqrt(np.mean((preds[m] - truth) ** 2, axis=-1)) for m in names}
+    vmax = max(float(np.percentile(e, 99)) for e in errs.values())
+    fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], names):
+      im = ax.imshow(errs[m], cmap="magma", vmin=0, vmax=vmax)
+      ax.set_title(f"{m}\nmean {errs[m].mean():.4f}")
+      ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="RMSE over bands (normalised)")
+    fig.savefig(os.path.join(out_dir, f"{protocol}_error.png"), dpi=110)
+    plt.close(fig)

@@ -5,7 +5,6 @@ evaluator. A run killed at any moment and restarted with the same command resume
 checkpoint and ends with the same parameters as an uninterrupted run: the data and every random draw
 depend only on (seed, stage, step).
 """
-import functools
 import json
 import os
 import time
@@ -56,26 +55,38 @@ def make_optimizer(train_cfg):
   return opt
 
 
-def init_params(model, rng, crop_size, cond_bands):
-  x = jnp.zeros((1, crop_size, crop_size, model.out_bands), jnp.float32)
-  c = jnp.zeros((1, crop_size, crop_size, cond_bands), jnp.float32)
-  return model.init(rng, x, jnp.zeros((1,), jnp.int32), c)["params"]
-
-
-def create_train_state(model, optimizer, rng, crop_size, cond_bands):
-  params = init_params(model, rng, crop_size, cond_bands)
+def new_train_state(params, optimizer):
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
+
+
+def state_initializer(model, optimizer, example_args):
+  """rng -> fresh TrainState; `example_args` are the model's call arguments (zeros of the right shape)."""
+
+  def init(rng):
+    return new_train_state(model.init(rng, *example_args)["params"], optimizer)
+
+  return init
+
+
+def scdm_example_args(out_bands, crop_size, cond_bands):
+  return (jnp.zeros((1, crop_size, crop_size, out_bands), jnp.float32), jnp.zeros((1,), jnp.int32),
+          jnp.zeros((1, crop_size, crop_size, cond_bands), jnp.float32))
+
+
+def check_diffusion_settings(diffusion_cfg):
+  if diffusion_cfg.parameterisation not in losses.PARAMETERISATIONS:
+    raise UserInputError(f"unknown diffusion.parameterisation {diffusion_cfg.parameterisation!r}: "
+                         f"use eps, x0 or v")
+  if diffusion_cfg.loss not in ("mse", "l1"):
+    raise UserInputError(f"unknown diffusion.loss {diffusion_cfg.loss!r}: use mse or l1")
 
 
 def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg):
   """Pure (state, batch, rng) -> (state, metrics). The update is skipped when loss or grads are not
   finite, so the state handed back is always the last good one."""
+  check_diffusion_settings(diffusion_cfg)
   param = diffusion_cfg.parameterisation
-  if param not in losses.PARAMETERISATIONS:
-    raise UserInputError(f"unknown diffusion.parameterisation {param!r}: use eps, x0 or v")
-  if diffusion_cfg.loss not in ("mse", "l1"):
-    raise UserInputError(f"unknown diffusion.loss {diffusion_cfg.loss!r}: use mse or l1")
   T = schedule.num_timesteps
 
   def step_fn(state, batch, rng):
@@ -95,22 +106,28 @@ def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg):
                                          x0, x_t, t, eps, out, offset)
       return per_sample.mean(), per_sample
 
-    (loss, per_sample), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = jnp.where(state.step >= train_cfg.ema_start, train_cfg.ema_decay, 0.0)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    bucket = t * NUM_T_BUCKETS // T
-    bucket_sum = jnp.zeros(NUM_T_BUCKETS).at[bucket].add(per_sample)
-    bucket_count = jnp.zeros(NUM_T_BUCKETS).at[bucket].add(1.0)
-    return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite,
-                 "bucket_sum": bucket_sum, "bucket_count": bucket_count}
+    return apply_gradients(state, loss_fn, optimizer, train_cfg, t, T)
 
   return step_fn
+
+
+def apply_gradients(state, loss_fn, optimizer, train_cfg, t, num_timesteps):
+  """One optimiser and EMA update from loss_fn(params) -> (mean loss, per-sample loss); skipped when loss
+  or gradients are not finite. Returns (state, metrics with the loss per timestep bucket)."""
+  (loss, per_sample), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = jnp.where(state.step >= train_cfg.ema_start, train_cfg.ema_decay, 0.0)
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+  new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+  bucket = t * NUM_T_BUCKETS // num_timesteps
+  bucket_sum = jnp.zeros(NUM_T_BUCKETS).at[bucket].add(per_sample)
+  bucket_count = jnp.zeros(NUM_T_BUCKETS).at[bucket].add(1.0)
+  return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+               "bucket_sum": bucket_sum, "bucket_count": bucket_count}
 
 
 def stage_training_cube(train_cube, stage, space):
@@ -160,9 +177,8 @@ def model_settings(config):
   return json.loads(json.dumps({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict()}))
 
 
-def abstract_state(model, optimizer, crop_size, cond_bands, mesh):
-  shapes = jax.eval_shape(functools.partial(create_train_state, model, optimizer, crop_size=crop_size,
-                                            cond_bands=cond_bands), jax.random.key(0))
+def abstract_state(init, mesh):
+  shapes = jax.eval_shape(init, jax.random.key(0))
   repl = sharding.replicated(mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
 
@@ -196,39 +212,52 @@ def check_metadata(meta, expected, directory):
 
 def train_stage(config, workdir, exp, stage, mesh=None):
   """Trains (or resumes) one stage up to config.train.num_steps; returns the final TrainState."""
-  mesh = mesh or sharding.data_mesh()
-  tc = config.train
-  sharding.check_batch(tc.batch_size, mesh)
   space = experiment.fit_stage_space(config, stage, exp.train)
   model = models.build_model(config.model, len(stage.out_bands))
+  check_crop_size(config, model)
+  optimizer = make_optimizer(config.train)
+  cond_bands = space.condition_bands(len(stage.in_bands))
+  init = state_initializer(model, optimizer,
+                           scdm_example_args(len(stage.out_bands), config.data.crop_size, cond_bands))
+  step_fn = make_train_step(model, make_schedule(config.diffusion), optimizer, config.diffusion, config.train)
+  stage_cube = stage_training_cube(exp.train, stage, space)
+  return fit(config, experiment.stage_dir(workdir, stage.index), init, step_fn,
+             lambda step: make_batch(stage_cube, stage, space, config.train, config.data, config.seed, step),
+             stage_metadata(config, exp, stage, space), stream=stage.index,
+             desc=f"stage {stage.index + 1}/{len(exp.stages)}", workdir=workdir, mesh=mesh)
+
+
+def check_crop_size(config, model):
   if config.data.crop_size % model.min_size:
     raise UserInputError(f"data.crop_size={config.data.crop_size} is not a multiple of the model's "
                          f"minimum size {model.min_size} (2 ** downsamplings); change one of them")
-  schedule = make_schedule(config.diffusion)
-  optimizer = make_optimizer(tc)
-  cond_bands = space.condition_bands(len(stage.in_bands))
-  meta = stage_metadata(config, exp, stage, space)
 
-  sdir = experiment.stage_dir(workdir, stage.index)
-  manager = checkpoint_manager(os.path.join(sdir, "checkpoints"), tc)
+
+def fit(config, directory, init, step_fn, batch_fn, meta, stream, desc, workdir, mesh=None):
+  """The training loop every model shares: resume or initialise, jit over the mesh, log, checkpoint.
+
+  Checkpoints go to directory/checkpoints with `meta` beside them. `batch_fn(step)` gives the global
+  batch (numpy) for a step; `stream` separates the random streams of models trained in one workdir.
+  Returns the final TrainState.
+  """
+  mesh = mesh or sharding.data_mesh()
+  tc = config.train
+  sharding.check_batch(tc.batch_size, mesh)
+  manager = checkpoint_manager(os.path.join(directory, "checkpoints"), tc)
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  target = abstract_state(model, optimizer, config.data.crop_size, cond_bands, mesh)
   latest = manager.latest_step()
   if latest is not None:
-    state, saved_meta = restore_checkpoint(manager, latest, target)
-    check_metadata(saved_meta, meta, sdir)
+    state, saved_meta = restore_checkpoint(manager, latest, abstract_state(init, mesh))
+    check_metadata(saved_meta, meta, directory)
   else:
-    init = jax.jit(functools.partial(create_train_state, model, optimizer, crop_size=config.data.crop_size,
-                                     cond_bands=cond_bands), out_shardings=repl)
-    state = init(jax.random.fold_in(jax.random.key(config.seed), stage.index))
+    state = jax.jit(init, out_shardings=repl)(jax.random.fold_in(jax.random.key(config.seed), stream))
 
-  step_fn = jax.jit(make_train_step(model, schedule, optimizer, config.diffusion, tc),
-                    in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=0)
-  rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed + 1), stage.index), repl)
-  stage_cube = stage_training_cube(exp.train, stage, space)
+  step_fn = jax.jit(step_fn, in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
+                    donate_argnums=0)
+  rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed + 1), stream), repl)
   start = int(state.step)
   writer = MetricsWriter(os.path.join(os.path.abspath(workdir), "metrics.jsonl"))
-  progress = Progress(tc.num_steps, f"stage {stage.index + 1}/{len(exp.stages)}", start=start)
+  progress = Progress(tc.num_steps, desc, start=start)
   acc = {"loss": 0.0, "n": 0, "bucket_sum": np.zeros(NUM_T_BUCKETS), "bucket_count": np.zeros(NUM_T_BUCKETS)}
   t_log = time.perf_counter()
 
@@ -239,8 +268,7 @@ def train_stage(config, workdir, exp, stage, mesh=None):
   try:
     pending = None
     for step in range(start, tc.num_steps):
-      batch = make_batch(stage_cube, stage, space, tc, config.data, config.seed, step)
-      batch = {k: sharding.put_global_batch(v, mesh) for k, v in batch.items()}
+      batch = {k: sharding.put_global_batch(v, mesh) for k, v in batch_fn(step).items()}
       state, metrics = step_fn(state, batch, rng)
       # Check the previous step's flag: keeps one step in flight instead of syncing on every step.
       if pending is not None:
@@ -256,7 +284,7 @@ def train_stage(config, workdir, exp, stage, mesh=None):
         save(done)
       if (done % tc.log_every == 0 or done == tc.num_steps) and acc["n"]:
         now = time.perf_counter()
-        record = {"stage": stage.index, "step": done, "loss": acc["loss"] / acc["n"],
+        record = {"stage": stream, "step": done, "loss": acc["loss"] / acc["n"],
                   "steps_per_s": acc["n"] / (now - t_log), "time": time.time()}
         with np.errstate(invalid="ignore"):
           for i, v in enumerate(acc["bucket_sum"] / acc["bucket_count"]):
@@ -312,22 +340,29 @@ def train_and_evaluate(config, workdir):
   return evaluate.evaluate(config, workdir, exp)
 
 
-def load_stage(config, workdir, stage_index, step=None):
-  """A trained stage from workdir/stage_k (EMA weights): everything comes from the checkpoint, so
-  sampling needs no training data. Returns (StageBundle, metadata)."""
-  sdir = experiment.stage_dir(workdir, stage_index)
-  ckpt_dir = os.path.join(sdir, "checkpoints")
+def open_checkpoint(config, directory, what, step=None):
+  """(read-only manager, step, metadata) of the latest (or given) checkpoint in directory/checkpoints,
+  checked against the config's model and diffusion settings."""
+  ckpt_dir = os.path.join(directory, "checkpoints")
   manager = checkpoint_manager(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
   step = manager.latest_step() if (manager and step is None) else step
   if step is None:
-    raise UserInputError(f"no finished checkpoint for stage {stage_index + 1} in {sdir}; train first "
+    raise UserInputError(f"no finished checkpoint for {what} in {directory}; train first "
                          f"with --mode=train and the same --config and --workdir")
   try:
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # Orbax raises many types; the user needs the path and the way out.
     raise UserInputError(f"checkpoint {ckpt_dir}/{step} has unreadable metadata ({type(e).__name__}); "
                          f"move it away and train again") from None
-  check_metadata(meta, model_settings(config), sdir)
+  check_metadata(meta, model_settings(config), directory)
+  return manager, step, meta
+
+
+def load_stage(config, workdir, stage_index, step=None):
+  """A trained stage from workdir/stage_k (EMA weights): everything comes from the checkpoint, so
+  sampling needs no training data. Returns (StageBundle, metadata)."""
+  sdir = experiment.stage_dir(workdir, stage_index)
+  manager, step, meta = open_checkpoint(config, sdir, f"stage {stage_index + 1}", step)
   stage = cascade.Stage(stage_index, tuple(meta["in_bands"]), tuple(meta["out_bands"]))
   prior = None
   if meta["prior"] is not None:
@@ -335,8 +370,8 @@ def load_stage(config, workdir, stage_index, step=None):
                                     for k, v in meta["prior"].items()})
   space = cascade.StageSpace(len(stage.out_bands), meta["target_scale"], prior)
   model = models.build_model(config.model, len(stage.out_bands))
-  target = abstract_state(model, make_optimizer(config.train), meta["crop_size"], meta["cond_bands"],
-                          sharding.data_mesh())
-  state, _ = restore_checkpoint(manager, step, target)
+  init = state_initializer(model, make_optimizer(config.train),
+                           scdm_example_args(len(stage.out_bands), meta["crop_size"], meta["cond_bands"]))
+  state, _ = restore_checkpoint(manager, step, abstract_state(init, sharding.data_mesh()))
   manager.close()
   return cascade.StageBundle(stage, space, model, state.ema_params, meta["diffusion"]["parameterisation"]), meta

@@ -1,0 +1,407 @@
+"""AnyBand-Diff: rebuild every band of a cube from any subset of its bands.
+
+Training (masked conditional diffusion): each sample's condition comes from dual stochastic masking
+(a simulated sensor or the full grid, then random band drops); the network predicts the cube in a
+residual space over the Gaussian band regression from the observed bands (`diffusion.prior = "ridge"`,
+or none); the loss adds the multi-scale physical loss (MSPL). Sampling: DDIM with physics-guided eps
+(PGS), observed bands kept as given.
+
+Layout of a workdir: anyband/ (the model), anyband_no_dsm/ and anyband_no_mspl/ (ablations), eval/.
+"""
+import dataclasses
+import json
+import os
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spectral_diffusion import baselines, cascade, data, experiment, guidance, losses, models, physics
+from spectral_diffusion import samplers, schedules, sharding, train
+from spectral_diffusion.data import masking
+from spectral_diffusion.physics import rtm
+from spectral_diffusion.errors import UserInputError
+
+VARIANTS = ("anyband", "no_dsm", "no_mspl")  # the model and its two training ablations
+PRIORS = ("none", "ridge")
+
+
+@dataclasses.dataclass
+class AnyBandData:
+  name: str
+  wavelengths_nm: np.ndarray
+  normaliser: object
+  train: np.ndarray                # (H, W, N) normalised
+  test: np.ndarray
+  library: list                    # physics.SensorOnGrid, the sensors DSM draws from
+  gaussian: baselines.BandGaussian
+
+  @property
+  def num_bands(self):
+    return self.train.shape[-1]
+
+
+def load_data(config):
+  scene, normaliser, train_cube, test_cube = experiment.load_split(config)
+  if config.data.normalise != "minmax":  # sensor simulation commutes only with one global affine map
+    raise UserInputError("anyband needs data.normalise=minmax (one global scale keeps sensor "
+                         "simulation valid in normalised units)")
+  wl = physics.check_wavelengths(scene.wavelengths_nm, scene.cube.shape[-1])
+  library = physics.sensor_library(wl, names=tuple(config.masking.sensors) or None)
+  return AnyBandData(scene.name, wl, normaliser, train_cube, test_cube, library,
+                     baselines.fit_band_gaussian(train_cube))
+
+
+class Physics(flax.struct.PyTreeNode):
+  """Normalised cube -> reflectance, and the physical operators on it (a pytree, so it can be a jit
+  argument). Index bands are found once from the wavelengths (static)."""
+  lo: float
+  span: float
+  reflectance_scale: float
+  emulator: object = None          # physics.RTMEmulator or None
+  wavelengths_nm: tuple = flax.struct.field(pytree_node=False, default=())
+
+  def reflectance(self, x):
+    return (x * self.span + self.lo) * self.reflectance_scale
+
+  def indices(self, refl):
+    """(NDVI, NDWI) of a reflectance cube; values floored at 1e-3 so a noisy x0_hat cannot divide by 0."""
+    safe = jnp.maximum(refl, 1e-3)
+    wl = np.asarray(self.wavelengths_nm)
+    return physics.ndvi(safe, wl), physics.ndwi(safe, wl)
+
+
+def make_physics(config, wavelengths_nm, normaliser, need_emulator):
+  emulator = None
+  if need_emulator:
+    emulator = rtm.load_emulator(wavelengths_nm, config.physics.rtm_weights or None)
+  return Physics(float(normaliser.lo), float(normaliser.span), float(config.data.reflectance_scale),
+                 emulator, tuple(float(w) for w in wavelengths_nm))
+
+
+class ModelSpace(flax.struct.PyTreeNode):
+  """Normalised cube <-> what the network diffuses: target_scale * (x - reference), where the reference
+  is the Gaussian regression from the observed bands (prior "ridge") or 0.5 (prior "none")."""
+  gaussian: baselines.BandGaussian
+  target_scale: float
+  use_prior: bool = flax.struct.field(pytree_node=False, default=True)
+
+  def reference(self, x_obs, mask):
+    if not self.use_prior:
+      return jnp.full(x_obs.shape, 0.5, x_obs.dtype)
+    return baselines.conditional_mean(self.gaussian, x_obs, mask)
+
+  def condition(self, x_obs, mask, reference):
+    """C = X_obs * M mapped to about [-1, 1] (0 where missing), with the reference when it is used."""
+    c = (2.0 * x_obs - 1.0) * mask[:, None, None, :]
+    return jnp.concatenate([c, 2.0 * reference - 1.0], axis=-1) if self.use_prior else c
+
+  def to_model(self, x, reference):
+    return self.target_scale * (x - reference)
+
+  def from_model(self, y, reference):
+    return y / self.target_scale + reference
+
+
+def mspl(phys, weights, bandwidth, corr_prior, x0_hat, x0):
+  """Per-sample multi-scale physical loss on normalised cubes (B, H, W, N)."""
+  w_px, w_reg, w_img = weights
+  total = jnp.zeros(x0.shape[0])
+  if w_px:
+    total += w_px * losses.pixel_loss(x0_hat, corr_prior)
+  if w_reg or w_img:
+    r_hat, r = phys.reflectance(x0_hat), phys.reflectance(x0)
+    if w_reg:
+      (ndvi_hat, ndwi_hat), (ndvi, ndwi) = phys.indices(r_hat), phys.indices(r)
+      total += w_reg * (losses.region_loss(ndvi_hat, ndvi, bandwidth) +
+                        losses.region_loss(ndwi_hat, ndwi, bandwidth))
+    if w_img:
+      total += w_img * losses.image_loss(phys.emulator.project, r_hat, r)
+  return total
+
+
+def make_train_step(model, schedule, optimizer, config, variant, space, bank, phys, corr_prior):
+  """Pure (state, batch, rng) -> (state, metrics), as train.make_train_step, for masked conditional
+  diffusion: masks are drawn inside the step."""
+  dc, tc = config.diffusion, config.train
+  use_dsm = config.masking.dsm and variant != "no_dsm"
+  mspl_weight = 0.0 if variant == "no_mspl" else float(config.physics.mspl_weight)
+  terms = tuple(float(w) for w in config.physics.mspl_terms)
+  T = schedule.num_timesteps
+
+  def step_fn(state, batch, rng):
+    x0 = batch["x0"]
+    b = x0.shape[0]
+    rng = jax.random.fold_in(rng, state.step)
+    r_mask, r_t, r_noise, r_drop = jax.random.split(rng, 4)
+    if use_dsm:
+      x_obs, mask = masking.dual_stochastic_mask(r_mask, x0, bank, config.masking.p_full_grid,
+                                                 tuple(config.masking.p_drop))
+    else:
+      x_obs, mask = masking.uniform_drop_mask(r_mask, x0, config.masking.p_drop_fixed)
+    ref = space.reference(x_obs, mask)
+    cond = space.condition(x_obs, mask, ref)
+    y0 = space.to_model(x0, ref)
+    t = jax.random.randint(r_t, (b,), 0, T)
+    eps = jax.random.normal(r_noise, y0.shape, y0.dtype)
+    y_t = schedules.q_sample(schedule, y0, t, eps)
+
+    def loss_fn(params):
+      out = model.apply({"params": params}, y_t, t, cond, mask, train=True, rngs={"dropout": r_drop})
+      per_sample = losses.diffusion_loss(schedule, dc.parameterisation, dc.loss, dc.sam_weight, y0, y_t, t,
+                                         eps, out, space.target_scale * ref)
+      if mspl_weight:
+        _, y0_hat = losses.to_eps_and_x0(schedule, dc.parameterisation, y_t, t, out)
+        per_sample += mspl_weight * mspl(phys, terms, config.physics.kde_bandwidth, corr_prior,
+                                         space.from_model(y0_hat, ref), x0)
+      return per_sample.mean(), per_sample
+
+    return train.apply_gradients(state, loss_fn, optimizer, tc, t, T)
+
+  return step_fn
+
+
+def check_config(config):
+  train.check_diffusion_settings(config.diffusion)
+  prior = cascade.per_stage(config.diffusion.prior, 0, "diffusion.prior")
+  if prior not in PRIORS:
+    raise UserInputError(f"anyband takes diffusion.prior none or ridge, not {prior!r}")
+  if config.model.name != "anyband_unet":
+    raise UserInputError(f"method=anyband needs model.name=anyband_unet, not {config.model.name!r}")
+  terms = tuple(config.physics.mspl_terms)
+  if len(terms) != 3 or len(tuple(config.physics.guidance_terms)) != 3:
+    raise UserInputError("physics.mspl_terms and physics.guidance_terms take three weights each")
+  return prior
+
+
+def needs_emulator(config, variant="anyband"):
+  image_term = config.physics.mspl_weight and config.physics.mspl_terms[2] and variant != "no_mspl"
+  return bool(image_term or (config.physics.guidance_scale and config.physics.guidance_terms[2]))
+
+
+def correlation_prior(train_cube, crop_size, seed, num_crops=256):
+  """S for the pixel term: the mean band correlation over random training crops of the training size."""
+  rng = np.random.default_rng([seed, 7])
+  crops = data.random_crops(train_cube, rng, num_crops, crop_size, False)
+  return jnp.mean(jax.jit(losses.band_correlation)(jnp.asarray(crops)), axis=0)
+
+
+def fit_model_space(config, d, bank, prior):
+  """The model space; target_scale 0 = auto: unit std of the residual under DSM on training crops."""
+  gaussian = baselines.BandGaussian(*(jnp.asarray(a) for a in d.gaussian))
+  scale = float(config.diffusion.target_scale)
+  if scale:
+    return ModelSpace(gaussian, scale, prior == "ridge")
+  space = ModelSpace(gaussian, 1.0, prior == "ridge")
+  crops = jnp.asarray(data.random_crops(d.train, np.random.default_rng([config.seed, 8]), 64,
+                                        config.data.crop_size, False))
+  x_obs, mask = masking.dual_stochastic_mask(jax.random.key(config.seed), crops, bank,
+                                             config.masking.p_full_grid, tuple(config.masking.p_drop))
+  resid = space.to_model(crops, space.reference(x_obs, mask))
+  return ModelSpace(gaussian, float(1.0 / max(float(jnp.std(resid)), 1e-6)), prior == "ridge")
+
+
+def metadata(config, d, space, variant):
+  """What repair needs besides the weights: data space, prior, band grid (JSON beside the checkpoint)."""
+  return {
+      "method": "anyband", "variant": variant, "num_bands": d.num_bands,
+      "wavelengths_nm": [float(w) for w in d.wavelengths_nm],
+      "normaliser": d.normaliser.to_dict(), "target_scale": space.target_scale,
+      "gaussian": {k: np.asarray(v).tolist() for k, v in d.gaussian._asdict().items()},
+      "sensors": [s.name for s in d.library], "crop_size": config.data.crop_size,
+      **train.model_settings(config),
+  }
+
+
+def example_args(num_bands, crop_size, cond_bands):
+  z = lambda c: jnp.zeros((1, crop_size, crop_size, c), jnp.float32)
+  return z(num_bands), jnp.zeros((1,), jnp.int32), z(cond_bands), jnp.zeros((1, num_bands), jnp.float32)
+
+
+def model_dir(workdir, variant):
+  return os.path.join(os.path.abspath(workdir), "anyband" if variant == "anyband" else f"anyband_{variant}")
+
+
+def train_variant(config, workdir, d, variant, mesh=None):
+  """Trains (or resumes) one model of the experiment; returns its final TrainState."""
+  prior = check_config(config)
+  n = d.num_bands
+  model = models.build_model(config.model, n)
+  train.check_crop_size(config, model)
+  optimizer = train.make_optimizer(config.train)
+  bank = masking.sensor_bank(d.library, n)
+  space = fit_model_space(config, d, bank, prior)
+  phys = make_physics(config, d.wavelengths_nm, d.normaliser, needs_emulator(config, variant))
+  corr = correlation_prior(d.train, config.data.crop_size, config.seed)
+  init = train.state_initializer(model, optimizer,
+                                 example_args(n, config.data.crop_size, n * (2 if space.use_prior else 1)))
+  step_fn = make_train_step(model, train.make_schedule(config.diffusion), optimizer, config, variant, space,
+                            bank, phys, corr)
+  stream = VARIANTS.index(variant)
+  return train.fit(config, model_dir(workdir, variant), init, step_fn,
+                   lambda step: {"x0": data.random_crops(d.train, np.random.default_rng([config.seed, stream, step]),
+                                                         config.train.batch_size, config.data.crop_size,
+                                                         config.data.augment)},
+                   metadata(config, d, space, variant), stream=stream, desc=f"anyband ({variant})",
+                   workdir=workdir, mesh=mesh)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains the model and the configured ablations, then writes workdir/eval."""
+  from spectral_diffusion import anyband_eval  # matplotlib only when evaluating
+  d = load_data(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config.to_dict(), f, indent=1, default=str)
+  for variant in ("anyband",) + ablations(config):
+    train_variant(config, workdir, d, variant)
+  return anyband_eval.evaluate(config, workdir, d)
+
+
+def ablations(config):
+  wanted = tuple(config.eval.ablations)
+  for a in wanted:
+    if a not in VARIANTS[1:]:
+      raise UserInputError(f"unknown eval.ablations entry {a!r}: use {', '.join(VARIANTS[1:])}")
+  return wanted
+
+
+# ---------------------------------------------------------------------------------------------- repair
+
+
+@dataclasses.dataclass
+class Bundle:
+  """A trained AnyBand model ready to repair cubes (EMA parameters)."""
+  model: object
+  params: dict
+  space: ModelSpace
+  parameterisation: str
+  meta: dict
+
+
+def load_model(config, workdir, variant="anyband"):
+  directory = model_dir(workdir, variant)
+  manager, step, meta = train.open_checkpoint(config, directory, f"the {variant} model")
+  n = meta["num_bands"]
+  model = models.build_model(config.model, n)
+  gaussian = baselines.BandGaussian(*(np.asarray(meta["gaussian"][k], np.float32)
+                                      for k in baselines.BandGaussian._fields))
+  prior = check_config(config)
+  space = ModelSpace(baselines.BandGaussian(*(jnp.asarray(a) for a in gaussian)), meta["target_scale"],
+                     prior == "ridge")
+  init = train.state_initializer(model, train.make_optimizer(config.train),
+                                 example_args(n, meta["crop_size"], n * (2 if space.use_prior else 1)))
+  state, _ = train.restore_checkpoint(manager, step, train.abstract_state(init, sharding.data_mesh()))
+  manager.close()
+  return Bundle(model, state.ema_params, space, meta["diffusion"]["parameterisation"], meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+  """eps(x_t, t) of the AnyBand model, hashable so a jax.tree_util.Partial of it reuses compiled steps."""
+  model: object
+  parameterisation: str
+
+  def __call__(self, params, cond, mask, schedule, x_t, t):
+    out = self.model.apply({"params": params}, x_t, t, cond, mask)
+    return losses.to_eps_and_x0(schedule, self.parameterisation, x_t, t, out)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceLoss:
+  """PGS's physical loss of x0_hat (model space), per sample: observed-index consistency (NDVI and NDWI
+  against the values the observed bands give, where they include the index bands), squared excursion
+  outside the valid reflectance range, and the RTM emulator's manifold loss."""
+  weights: tuple
+  valid_range: tuple
+  index_bands: tuple                # (red, green, nir) grid indices
+
+  def __call__(self, phys, space, reference, x_obs, mask, y0_hat):
+    w_idx, w_range, w_rtm = self.weights
+    x0 = space.from_model(y0_hat, reference)
+    refl = phys.reflectance(x0)
+    b = x0.shape[0]
+    total = jnp.zeros(b)
+    if w_idx:
+      red, green, nir = self.index_bands
+      ndvi, ndwi = phys.indices(refl)
+      ndvi_obs, ndwi_obs = phys.indices(phys.reflectance(x_obs))
+      has_ndvi = mask[:, red] * mask[:, nir]
+      has_ndwi = mask[:, green] * mask[:, nir]
+      err = lambda a, c: jnp.mean(jnp.square(a - c).reshape(b, -1), axis=-1)
+      total += w_idx * (has_ndvi * err(ndvi, ndvi_obs) + has_ndwi * err(ndwi, ndwi_obs))
+    if w_range:
+      lo, hi = self.valid_range
+      out = jnp.square(jax.nn.relu(lo - refl)) + jnp.square(jax.nn.relu(refl - hi))
+      total += w_range * jnp.mean(out.reshape(b, -1), axis=-1)
+    if w_rtm:
+      total += w_rtm * jnp.mean(phys.emulator.manifold_loss(refl).reshape(b, -1), axis=-1)
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class PhysicsGuided:
+  """guidance.physics_guidance as a hashable callable (see Denoiser)."""
+
+  def __call__(self, eps_fn, loss_fn, schedule, scale, x_t, t):
+    return guidance.physics_guidance(eps_fn, loss_fn, schedule, scale)(x_t, t)
+
+
+def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs):
+  """Samples full cubes for a batch of tiles (n, h, w, N) in normalised units with band mask (N,)."""
+  n = x_obs.shape[0]
+  m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (n, mask.shape[-1]))
+  x_obs = jnp.asarray(x_obs, jnp.float32)
+  space = bundle.space
+  ref = space.reference(x_obs, m)
+  eps_fn = jax.tree_util.Partial(Denoiser(bundle.model, bundle.parameterisation), bundle.params,
+                                 space.condition(x_obs, m, ref), m, schedule)
+  scale = float(config.physics.guidance_scale) if pgs else 0.0
+  if scale:
+    wl = np.asarray(phys.wavelengths_nm)
+    bands = tuple(physics.band_index(wl, nm) for nm in (physics.RED_NM, physics.GREEN_NM, physics.NIR_NM))
+    loss = GuidanceLoss(tuple(float(w) for w in config.physics.guidance_terms),
+                        tuple(float(v) for v in config.physics.valid_range), bands)
+    eps_fn = jax.tree_util.Partial(PhysicsGuided(), eps_fn,
+                                   jax.tree_util.Partial(loss, phys, space, ref, x_obs, m), schedule,
+                                   jnp.float32(scale))
+  sc = config.sample
+  if sc.sampler != "ddim":
+    raise UserInputError(f"anyband samples with ddim (physics guidance acts on its eps); got {sc.sampler!r}")
+  y0 = samplers.ddim(eps_fn, schedule, x_obs.shape, rng, num_steps=sc.num_steps, eta=sc.eta, loop=sc.loop)
+  return np.asarray(space.from_model(y0, ref))
+
+
+def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None):
+  """Rebuilds every band of a normalised cube (H, W, N) from the bands where mask (N,) is 1.
+
+  Missing bands may hold anything (they are multiplied by the mask). The image is sampled in
+  overlapping tiles; observed bands are copied back exactly when repair.keep_observed is set.
+  """
+  mask = np.asarray(mask, np.float32)
+  if not mask.any():
+    raise UserInputError("every band is missing: give at least one observed band")
+  cube = np.where(mask > 0, np.asarray(cube_obs, np.float32), 0.0).astype(np.float32)
+  size = cascade.tile_size_for([bundle], config.sample, *cube.shape[:2])
+  overlap = min(config.sample.tile_overlap, size // 2)
+  schedule = train.make_schedule(config.diffusion)
+  calls = iter(range(1 << 30))
+
+  def fn(tiles):
+    out = repair_tiles(bundle, schedule, tiles, mask, jax.random.fold_in(rng, next(calls)), config, phys,
+                       pgs)
+    if progress is not None:
+      progress.update(1)
+    return out
+
+  out = data.predict_tiled(fn, cube, size, overlap, config.sample.batch_size)
+  if config.repair.keep_observed:
+    out[..., mask > 0] = cube[..., mask > 0]
+  return out
+
+
+def num_tile_batches(bundle, config, height, width):
+  size = cascade.tile_size_for([bundle], config.sample, height, width)
+  tiles = len(data.tile_positions(height, width, size, min(config.sample.tile_overlap, size // 2)))
+  return -(-tiles // config.sample.batch_size)
