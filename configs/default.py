@@ -15,6 +15,7 @@ def get_config():
   c.data.path = ""                   # .npy / .mat cube for name=file
   c.data.key = ""                    # variable name inside a .mat file ("" = the only large array)
   c.data.wavelengths_key = ""        # variable with band centres inside a .mat file
+  c.data.wavelengths = ()            # band centres in nm, when the file has none (overrides the file's)
   c.data.normalise = "minmax"        # minmax (global over the training split) | affine
   c.data.offset = 0.0                # affine: (x - offset) / scale
   c.data.scale = 1.0

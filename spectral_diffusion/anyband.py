@@ -47,6 +47,10 @@ def load_data(config):
   if config.data.normalise != "minmax":  # sensor simulation commutes only with one global affine map
     raise UserInputError("anyband needs data.normalise=minmax (one global scale keeps sensor "
                          "simulation valid in normalised units)")
+  if scene.wavelengths_nm is None:
+    raise UserInputError(f"{scene.name} has no band wavelengths, which anyband needs (sensors, indices): "
+                         f"set --config.data.wavelengths_key=NAME (a variable in the .mat file) or "
+                         f"--config.data.wavelengths='(c1, c2, ...)' in nm")
   wl = physics.check_wavelengths(scene.wavelengths_nm, scene.cube.shape[-1])
   library = physics.sensor_library(wl, names=tuple(config.masking.sensors) or None)
   return AnyBandData(scene.name, wl, normaliser, train_cube, test_cube, library,
@@ -93,9 +97,12 @@ class ModelSpace(flax.struct.PyTreeNode):
     return baselines.conditional_mean(self.gaussian, x_obs, mask)
 
   def condition(self, x_obs, mask, reference):
-    """C = X_obs * M mapped to about [-1, 1] (0 where missing), with the reference when it is used."""
-    c = (2.0 * x_obs - 1.0) * mask[:, None, None, :]
-    return jnp.concatenate([c, 2.0 * reference - 1.0], axis=-1) if self.use_prior else c
+    """What the network sees besides x_t and M, mapped to about [-1, 1]: C = X_obs * M, or, with the
+    prior, the reference itself, which holds X_obs at the observed bands and the regression elsewhere
+    (so it carries C, and C is reference * M)."""
+    if self.use_prior:
+      return 2.0 * reference - 1.0
+    return (2.0 * x_obs - 1.0) * mask[:, None, None, :]
 
   def to_model(self, x, reference):
     return self.target_scale * (x - reference)
@@ -214,9 +221,9 @@ def metadata(config, d, space, variant):
   }
 
 
-def example_args(num_bands, crop_size, cond_bands):
-  z = lambda c: jnp.zeros((1, crop_size, crop_size, c), jnp.float32)
-  return z(num_bands), jnp.zeros((1,), jnp.int32), z(cond_bands), jnp.zeros((1, num_bands), jnp.float32)
+def example_args(num_bands, crop_size):
+  cube = jnp.zeros((1, crop_size, crop_size, num_bands), jnp.float32)
+  return cube, jnp.zeros((1,), jnp.int32), cube, jnp.zeros((1, num_bands), jnp.float32)
 
 
 def model_dir(workdir, variant):
@@ -235,7 +242,7 @@ def train_variant(config, workdir, d, variant, mesh=None):
   phys = make_physics(config, d.wavelengths_nm, d.normaliser, needs_emulator(config, variant))
   corr = correlation_prior(d.train, config.data.crop_size, config.seed)
   init = train.state_initializer(model, optimizer,
-                                 example_args(n, config.data.crop_size, n * (2 if space.use_prior else 1)))
+                                 example_args(n, config.data.crop_size))
   step_fn = make_train_step(model, train.make_schedule(config.diffusion), optimizer, config, variant, space,
                             bank, phys, corr)
   stream = VARIANTS.index(variant)
@@ -291,7 +298,7 @@ def load_model(config, workdir, variant="anyband"):
   space = ModelSpace(baselines.BandGaussian(*(jnp.asarray(a) for a in gaussian)), meta["target_scale"],
                      prior == "ridge")
   init = train.state_initializer(model, train.make_optimizer(config.train),
-                                 example_args(n, meta["crop_size"], n * (2 if space.use_prior else 1)))
+                                 example_args(n, meta["crop_size"]))
   state, _ = train.restore_checkpoint(manager, step, train.abstract_state(init, sharding.data_mesh()))
   manager.close()
   return Bundle(model, state.ema_params, space, meta["diffusion"]["parameterisation"], meta)

@@ -48,7 +48,7 @@ def describe_anyband(config):
   n = config.data.num_bands or anyband.load_data(config).num_bands
   model = models.build_model(config.model, n)
   size = max(model.min_size, config.data.crop_size)
-  args = anyband.example_args(n, size, n * (2 if prior == "ridge" else 1))
+  args = anyband.example_args(n, size)
   shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
   count = sum(x.size for x in jax.tree.leaves(shapes))
   return "\n".join([

@@ -14,6 +14,11 @@ DATA_SOURCES = {
                 "'2018_IEEE_GRSS_DFC_HSI_TR'); convert it to .npy or .mat"),
     "pavia_center": ("Pavia Centre (Pavia.mat, 102 bands) from the Grupo de Inteligencia Computacional "
                      "(GIC, UPV/EHU) hyperspectral remote sensing scenes page"),
+    "pavia_university": ("Pavia University (PaviaU.mat, 610x340x103, ROSIS) from the Grupo de Inteligencia "
+                         "Computacional (GIC, UPV/EHU) hyperspectral remote sensing scenes page"),
+    "washington_dc": ("the HYDICE Washington DC Mall cube (1208x307x191, 400-2400 nm) from Purdue's "
+                      "MultiSpec page (dc.tif; save it as .npy with its band centres as a .mat "
+                      "'wavelengths' variable or pass --config.data.wavelengths)"),
 }
 
 
@@ -36,7 +41,17 @@ class Experiment:
 
 
 def load_raw_scene(cfg):
-  """The config's scene, raw values."""
+  """The config's scene, raw values; data.wavelengths (nm), when given, replaces the file's."""
+  scene = _read_scene(cfg)
+  if cfg.wavelengths:
+    if len(cfg.wavelengths) != scene.cube.shape[-1]:
+      raise UserInputError(f"data.wavelengths has {len(cfg.wavelengths)} values for a "
+                           f"{scene.cube.shape[-1]}-band cube; give one centre (nm) per band")
+    scene = dataclasses.replace(scene, wavelengths_nm=np.asarray(cfg.wavelengths, np.float64))
+  return scene
+
+
+def _read_scene(cfg):
   if cfg.name == "indian_pines":
     return data.load_indian_pines()
   if cfg.name in ("file",) + tuple(DATA_SOURCES):

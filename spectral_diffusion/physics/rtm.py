@@ -561,7 +561,8 @@ def load_emulator(wavelengths_nm, weights_path=None) -> RTMEmulator:
       return _emulator_from_arrays(path, _read_npz(path))
   raise UserInputError(
       f"no RTM emulator for this {_describe_grid(wl)}: train one with `{_TRAIN_COMMAND}` "
-      "and pass its path (weights_path=...)")
+      "and pass its path (--config.physics.rtm_weights=rtm.npz, or weights_path= in Python), or switch "
+      "the RTM terms off (physics.mspl_terms and physics.guidance_terms, third weight 0)")
 
 
 # ----------------------------------------------------------------------------- command line
