@@ -37,7 +37,7 @@ def get_config():
   c.diffusion.sam_weight = 1.0
 
   c.train.batch_size = 16
-  c.train.num_steps = 400
+  c.train.num_steps = 250            # each of the model and its two ablations
   c.train.learning_rate = 2e-4
   c.train.lr_schedule = "cosine"
   c.train.warmup_steps = 50
@@ -47,8 +47,10 @@ def get_config():
   c.train.checkpoint_every = 200
 
   c.sample.sampler = "ddim"
-  c.sample.num_steps = 20
+  c.sample.num_steps = 10
   c.sample.tile_size = 32
   c.sample.tile_overlap = 8
-  c.sample.batch_size = 16
+  c.sample.batch_size = 18           # the 18 tiles of the 145 x 65 test split in one call
+
+  c.physics.guidance_scale = 100.0
   return c

@@ -20,7 +20,6 @@ import numpy as np
 from spectral_diffusion import baselines, cascade, data, experiment, guidance, losses, models, physics
 from spectral_diffusion import samplers, schedules, sharding, train
 from spectral_diffusion.data import masking
-from spectral_diffusion.physics import rtm
 from spectral_diffusion.errors import UserInputError
 
 VARIANTS = ("anyband", "no_dsm", "no_mspl")  # the model and its two training ablations
@@ -79,7 +78,7 @@ class Physics(flax.struct.PyTreeNode):
 def make_physics(config, wavelengths_nm, normaliser, need_emulator):
   emulator = None
   if need_emulator:
-    emulator = rtm.load_emulator(wavelengths_nm, config.physics.rtm_weights or None)
+    emulator = physics.load_emulator(wavelengths_nm, config.physics.rtm_weights or None)
   return Physics(float(normaliser.lo), float(normaliser.span), float(config.data.reflectance_scale),
                  emulator, tuple(float(w) for w in wavelengths_nm))
 
@@ -355,7 +354,7 @@ class PhysicsGuided:
     return guidance.physics_guidance(eps_fn, loss_fn, schedule, scale)(x_t, t)
 
 
-def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs):
+def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_steps):
   """Samples full cubes for a batch of tiles (n, h, w, N) in normalised units with band mask (N,)."""
   n = x_obs.shape[0]
   m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (n, mask.shape[-1]))
@@ -376,15 +375,17 @@ def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs):
   sc = config.sample
   if sc.sampler != "ddim":
     raise UserInputError(f"anyband samples with ddim (physics guidance acts on its eps); got {sc.sampler!r}")
-  y0 = samplers.ddim(eps_fn, schedule, x_obs.shape, rng, num_steps=sc.num_steps, eta=sc.eta, loop=sc.loop)
+  y0 = samplers.ddim(eps_fn, schedule, x_obs.shape, rng, num_steps=num_steps, eta=sc.eta, loop=sc.loop)
   return np.asarray(space.from_model(y0, ref))
 
 
-def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None):
+def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, num_steps=None):
   """Rebuilds every band of a normalised cube (H, W, N) from the bands where mask (N,) is 1.
 
   Missing bands may hold anything (they are multiplied by the mask). The image is sampled in
-  overlapping tiles; observed bands are copied back exactly when repair.keep_observed is set.
+  overlapping tiles with DDIM (num_steps, default sample.num_steps; 1 gives the network's estimate of
+  E[x0 | C, M] with no sampling noise); observed bands are copied back exactly when
+  repair.keep_observed is set.
   """
   mask = np.asarray(mask, np.float32)
   if not mask.any():
@@ -397,7 +398,7 @@ def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None):
 
   def fn(tiles):
     out = repair_tiles(bundle, schedule, tiles, mask, jax.random.fold_in(rng, next(calls)), config, phys,
-                       pgs)
+                       pgs, num_steps or config.sample.num_steps)
     if progress is not None:
       progress.update(1)
     return out

@@ -4,9 +4,11 @@ Protocols (each one band mask for the whole test image, drawn with a fixed seed)
   missing_P%   random band masking: P % of the bands missing (PSNR, SSIM, RMSE, SAM)
   bands_K      K observed bands chosen at random
   sensor_S     the bands of a real sensor, simulated from the truth with its SRFs (every band inferred)
-Methods: the model with physics-guided sampling (anyband), without it (anyband_no_pgs), the training
-ablations (anyband_no_dsm, anyband_no_mspl, sampled like anyband), per-pixel ridge regression from the
-observed bands (fit on the training split) and linear interpolation along wavelength.
+Methods: the model sampled with DDIM and physics guidance (anyband), without guidance (anyband_no_pgs),
+its one-step estimate of E[x0 | C, M] (anyband_one_step: one DDIM step from pure noise, no sampling
+noise), the training ablations (anyband_no_dsm, anyband_no_mspl, sampled like anyband), per-pixel ridge
+regression from the observed bands (fit on the training split) and linear interpolation along
+wavelength.
 
 PSNR, SSIM and RMSE are over the bands each method had to infer (normalised units, data range 1; the
 missing bands, or all bands for a sensor); SAM and the NDVI / NDWI agreement (CC and RMSE of the index
@@ -79,24 +81,27 @@ def evaluate(config, workdir, d=None):
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   pgs = bool(config.physics.guidance_scale)
-  runs = [("anyband", "anyband", pgs)]
+  steps = config.sample.num_steps
+  runs = [("anyband", "anyband", pgs, steps)]   # (method, trained model, guided, DDIM steps)
   if pgs:
-    runs.append(("anyband_no_pgs", "anyband", False))
-  runs += [(f"anyband_{v}", v, pgs) for v in anyband.ablations(config)]
-  bundles = {v: anyband.load_model(config, workdir, v) for v in {v for _, v, _ in runs}}
+    runs.append(("anyband_no_pgs", "anyband", False, steps))
+  if steps > 1:
+    runs.append(("anyband_one_step", "anyband", False, 1))
+  runs += [(f"anyband_{v}", v, pgs, steps) for v in anyband.ablations(config)]
+  bundles = {v: anyband.load_model(config, workdir, v) for v in {r[1] for r in runs}}
   phys = anyband.make_physics(config, d.wavelengths_nm, d.normaliser,
                               pgs and bool(config.physics.guidance_terms[2]))
   plan = protocols(config, d)
   per_call = anyband.num_tile_batches(bundles["anyband"], config, *d.test.shape[:2])
   progress = Progress(len(plan) * len(runs) * per_call, "repairing the test split")
-  results, seconds, shown = {}, {name: [] for name, _, _ in runs}, {}
+  results, seconds, shown = {}, {r[0]: [] for r in runs}, {}
   for p_index, (protocol, transform, mask) in enumerate(plan):
     x_obs, train_obs = (d.test, d.train) if transform is None else (d.test @ transform, d.train @ transform)
     preds = baseline_predictions(d, x_obs, mask, train_obs, config.eval.ridge_alpha)
-    for name, variant, use_pgs in runs:
+    for name, variant, use_pgs, num_steps in runs:
       t = time.perf_counter()
       preds[name] = anyband.repair(bundles[variant], x_obs, mask, jax.random.key(config.seed + 300 + p_index),
-                                   config, phys, pgs=use_pgs, progress=progress)
+                                   config, phys, pgs=use_pgs, progress=progress, num_steps=num_steps)
       seconds[name].append(time.perf_counter() - t)
     inferred = np.arange(d.num_bands) if transform is not None else np.flatnonzero(mask == 0)
     results[protocol] = {m: score(p, d.test, inferred, phys) for m, p in preds.items()}

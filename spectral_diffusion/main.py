@@ -22,9 +22,13 @@ def define_flags(argv):
                                  sys_argv=argv)  # overrides are found in argv, not in sys.argv
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics.jsonl and eval/ go here", flag_values=fv)
   flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "repair", "describe"], "what to do", flag_values=fv)
-  flags.DEFINE_string("input", None, "sample: .npy/.mat image: RGB (H, W, 3) or a cube with --input_bands",
-                      flag_values=fv)
-  flags.DEFINE_string("input_key", None, "sample: variable name inside a .mat input", flag_values=fv)
+  flags.DEFINE_string("input", None, "sample: .npy/.mat image: RGB (H, W, 3) or a cube with --input_bands; "
+                      "repair: a cube on the model's grid with missing bands NaN (or --missing_bands), "
+                      "or a sensor's bands with --sensor", flag_values=fv)
+  flags.DEFINE_string("input_key", None, "sample/repair: variable name inside a .mat input", flag_values=fv)
+  flags.DEFINE_list("missing_bands", None, "repair: 0-based indices of the bands to rebuild", flag_values=fv)
+  flags.DEFINE_string("sensor", None, "repair: the input holds this sensor's bands "
+                      "(physics.sensor_names())", flag_values=fv)
   flags.DEFINE_list("input_bands", None, "sample: 0-based indices of R, G, B in a multi-band input",
                     flag_values=fv)
   flags.DEFINE_string("output", None, "sample/repair: output .npy path (default: WORKDIR/samples/ or "
@@ -74,7 +78,11 @@ def run(flag_values):
       raise UserInputError("--mode=repair needs an anyband config (method=anyband), e.g. "
                            "--config=configs/anyband_demo_indian_pines.py")
     from spectral_diffusion import repair
-    missing = [int(b) for b in flag_values.missing_bands] if flag_values.missing_bands else None
+    try:
+      missing = [int(b) for b in flag_values.missing_bands] if flag_values.missing_bands else None
+    except ValueError:
+      raise UserInputError(f"--missing_bands={','.join(flag_values.missing_bands)} must be 0-based band "
+                           f"indices separated by commas") from None
     repair.repair_file(config, flag_values.workdir, flag_values.input, flag_values.output,
                        input_key=flag_values.input_key, missing_bands=missing, sensor=flag_values.sensor)
 

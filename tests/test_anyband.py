@@ -129,8 +129,9 @@ def _flags(config):
   out = []
   for section in ("data", "model", "train", "sample", "eval"):
     for key, value in getattr(config, section).items():
-      out.append(f"--config.{section}.{key}={value!r}" if isinstance(value, str) else
-                 f"--config.{section}.{key}={tuple(value) if isinstance(value, (list, tuple)) else value}")
+      if isinstance(value, (list, tuple)):
+        value = tuple(value)
+      out.append(f"--config.{section}.{key}={value}")
   return out
 
 
@@ -148,7 +149,8 @@ def test_train_and_evaluate_end_to_end(anyband_run):
   report = json.loads((workdir / "eval" / "anyband_metrics.json").read_text())
   assert set(report["protocols"]) == {"missing_50%", "bands_5", "sensor_sentinel2a_msi"}
   for table in report["protocols"].values():
-    assert set(table) == {"anyband", "anyband_no_pgs", "anyband_no_dsm", "ridge", "interp"}
+    assert set(table) == {"anyband", "anyband_no_pgs", "anyband_one_step", "anyband_no_dsm", "ridge",
+                          "interp"}
     for scores in table.values():
       assert np.isfinite([scores["psnr"], scores["ssim"], scores["sam_deg"], scores["ndvi_cc"]]).all()
   for name in ("missing_50%_spectra.png", "missing_50%_ndvi.png", "sensor_sentinel2a_msi_error.png",

@@ -1,7 +1,7 @@
 """The AnyBand-Diff denoiser: masked conditional diffusion (MCD) with conditional adaptive modulation (CAM).
 
-The network sees x_t, the condition C = X_obs * M and the band mask M. C and M enter twice: concatenated
-with x_t at the stem, and through a light encoder E(C, M) whose global context vector regresses a
+The network sees x_t, the condition C = X_obs * M and the band mask M. C and M enter twice: at the stem
+(C concatenated with x_t, M as a per-channel bias), and through a light encoder E(C, M) whose global context vector regresses a
 scale and shift for the features after every res block (the paper's Eq. 1). The U-Net itself is the
 DDPM layout of layers.py: 4 levels (the paper's "4 down / 4 up blocks", 3 resamplings), the decoder one
 res block per level more than the encoder, attention by level index (single-head; the paper's multi-head
@@ -19,20 +19,23 @@ PAPER_PARAMETERS = 278_000_000  # AnyBand-Diff, Table 5 (PyTorch, 103 or 191 ban
 
 
 class CAMEncoder(nn.Module):
-  """E(C, M): two stride-2 convs over concat[C, M], global average pool, MLP -> context vector."""
+  """E(C, M): two stride-2 convs over C, global average pool, concatenated with the band mask (averaged
+  over pixels for a pixel mask), MLP -> context vector. The mask enters after pooling: as a map it is
+  constant over space, and N more input channels would cost as much as C itself."""
   channels: int
   context_dim: int
   num_groups: int = 32
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, cond, mask_map):
-    h = jnp.concatenate([cond, mask_map], axis=-1)
+  def __call__(self, cond, mask):
+    h = cond
     for i, width in enumerate((self.channels, 2 * self.channels)):
       h = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                   name=f"conv{i}")(h)
       h = nn.silu(layers.group_norm(self.num_groups, self.dtype, f"norm{i}")(h))
-    h = jnp.mean(h, axis=(1, 2))
+    band_mask = mask if mask.ndim == 2 else jnp.mean(mask, axis=(1, 2))
+    h = jnp.concatenate([jnp.mean(h, axis=(1, 2)), band_mask], axis=-1)
     h = nn.Dense(self.context_dim, dtype=self.dtype, name="dense0")(h)
     return nn.Dense(self.context_dim, dtype=self.dtype, name="dense1")(nn.silu(h))
 
@@ -88,8 +91,6 @@ class AnyBandUNet(nn.Module):
     x = x.astype(self.dtype)
     cond = cond.astype(self.dtype)
     mask = mask.astype(self.dtype)
-    if mask.ndim == 2:
-      mask = jnp.broadcast_to(mask[:, None, None, :], x.shape[:-1] + mask.shape[-1:])
     temb = layers.TimeEmbedding(self.base_channels, self.time_embed_dim, self.dtype, name="time_embed")(t)
     context = CAMEncoder(self.base_channels, self.context_dim, self.num_groups, self.dtype,
                          name="cam_encoder")(cond, mask)
@@ -103,8 +104,12 @@ class AnyBandUNet(nn.Module):
           inputs, temb, not train)
       return AdaptiveModulation(self.num_groups, self.dtype, name=f"{name}_cam")(f, h)
 
+    # The stem sees [x_t, C] and the mask M. A band mask is constant over space, so its share of a 3x3
+    # conv is a per-channel bias, Dense(M) (a pixel mask gets the same Dense at every pixel).
     f = nn.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem")(
-        jnp.concatenate([x, cond, mask], axis=-1))
+        jnp.concatenate([x, cond], axis=-1))
+    stem_mask = nn.Dense(self.base_channels, use_bias=False, dtype=self.dtype, name="stem_mask")(mask)
+    f = f + (stem_mask[:, None, None, :] if mask.ndim == 2 else stem_mask)
     skips = [f]
     for level, mult in enumerate(self.channel_mults):
       for i in range(self.num_res_blocks):
@@ -130,7 +135,10 @@ class AnyBandUNet(nn.Module):
         f = layers.Upsample(f.shape[-1], self.dtype, name=f"up_{level}_upsample")(f)
 
     f = nn.silu(layers.group_norm(self.num_groups, self.dtype, "out_norm")(f))
-    out = nn.Conv(self.out_bands, (3, 3), padding=1, dtype=self.dtype, name="out_conv")(f)
+    # Zero-initialised, as DDPM's conv_out (init_scale 0): an untrained network predicts 0, which with
+    # x0-prediction over a regression prior is the prior itself, so training starts from the baseline.
+    out = nn.Conv(self.out_bands, (3, 3), padding=1, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                  name="out_conv")(f)
     return out.astype(jnp.float32)
 
 

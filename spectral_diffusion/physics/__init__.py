@@ -1,4 +1,5 @@
-"""Physics: spectral indices and real sensor spectral responses on a hyperspectral grid."""
+"""Physics: spectral indices, real sensor spectral responses on a hyperspectral grid, and the RTM
+(PROSAIL) emulator."""
 
 from spectral_diffusion.physics.indices import band_index
 from spectral_diffusion.physics.indices import check_wavelengths
@@ -7,6 +8,8 @@ from spectral_diffusion.physics.indices import ndvi
 from spectral_diffusion.physics.indices import ndwi
 from spectral_diffusion.physics.indices import NIR_NM
 from spectral_diffusion.physics.indices import RED_NM
+from spectral_diffusion.physics.rtm import load_emulator
+from spectral_diffusion.physics.rtm import RTMEmulator
 from spectral_diffusion.physics.srf import describe_library
 from spectral_diffusion.physics.srf import gaussian_sensor
 from spectral_diffusion.physics.srf import observe_stacked
@@ -40,4 +43,7 @@ __all__ = [
     "sensor_on_grid",
     "simulate",
     "stack_library",
+    # RTM emulator
+    "RTMEmulator",
+    "load_emulator",
 ]
