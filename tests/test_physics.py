@@ -204,22 +204,6 @@ def test_simulate_and_place_on_grid():
   np.testing.assert_allclose(physics.simulate([1.0] * 106, modis), 1.0, atol=1e-5)
 
 
-def test_stacked_library_matches_per_sensor_under_jit(santa_barbara):
-  cube, wl = santa_barbara
-  library = physics.sensor_library(wl, names=["sentinel2a_msi", "landsat8_oli", "eo1_ali", "spot5_hrg1"])
-  stacked = physics.stack_library(library, 224)
-  responses, grid_index, valid = stacked
-  assert responses.shape == (4, 13, 224) and grid_index.shape == valid.shape == (4, 13)
-  assert valid.sum(axis=1).tolist() == [s.num_bands for s in library]
-  observe = jax.jit(lambda c, i: physics.observe_stacked(c, stacked, i))
-  pixels = jnp.asarray(cube[:5, :5], jnp.float32)
-  for i, s in enumerate(library):
-    x_obs, mask = observe(pixels, jnp.int32(i))
-    want_x, want_mask = physics.place_on_grid(physics.simulate(np.asarray(pixels), s), s, 224)
-    np.testing.assert_allclose(x_obs, want_x, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(mask, want_mask)
-
-
 # Real cross-sensor checks.
 
 def test_sentinel2_ndvi_from_aviris_matches_hyperspectral_ndvi(santa_barbara):

@@ -25,12 +25,11 @@ class SensorBank(flax.struct.PyTreeNode):
 
 
 def sensor_transform(sensor, num_bands):
-  """(N, N) matrix and (N,) mask of one SensorOnGrid; sensor bands landing on one grid band average."""
-  place = np.zeros((len(sensor.grid_index), num_bands), np.float64)
-  place[np.arange(len(sensor.grid_index)), np.asarray(sensor.grid_index)] = 1.0
-  count = place.sum(0)
-  transform = np.asarray(sensor.response, np.float64).T @ place / np.maximum(count, 1.0)
-  return transform.astype(np.float32), (count > 0).astype(np.float32)
+  """(N, N) matrix and (N,) mask of one SensorOnGrid: simulate, then place_on_grid, as one map."""
+  from spectral_diffusion.physics import srf  # physics imports data, so not at module level
+  place = srf.placement_matrix(np.asarray(sensor.grid_index), num_bands)
+  transform = np.asarray(sensor.response, np.float32).T @ place
+  return transform.astype(np.float32), (place.sum(0) > 0).astype(np.float32)
 
 
 def sensor_bank(library, num_bands):

@@ -12,7 +12,6 @@ from spectral_diffusion.physics.rtm import load_emulator
 from spectral_diffusion.physics.rtm import RTMEmulator
 from spectral_diffusion.physics.srf import describe_library
 from spectral_diffusion.physics.srf import gaussian_sensor
-from spectral_diffusion.physics.srf import observe_stacked
 from spectral_diffusion.physics.srf import place_on_grid
 from spectral_diffusion.physics.srf import sensor_library
 from spectral_diffusion.physics.srf import sensor_names
@@ -20,7 +19,6 @@ from spectral_diffusion.physics.srf import sensor_on_grid
 from spectral_diffusion.physics.srf import SensorLibrary
 from spectral_diffusion.physics.srf import SensorOnGrid
 from spectral_diffusion.physics.srf import simulate
-from spectral_diffusion.physics.srf import stack_library
 
 __all__ = [
     # indices
@@ -36,13 +34,11 @@ __all__ = [
     "SensorOnGrid",
     "describe_library",
     "gaussian_sensor",
-    "observe_stacked",
     "place_on_grid",
     "sensor_library",
     "sensor_names",
     "sensor_on_grid",
     "simulate",
-    "stack_library",
     # RTM emulator
     "RTMEmulator",
     "load_emulator",

@@ -9,8 +9,8 @@ any reflective grid).
 
 A sensor on a grid (``sensor_on_grid``) turns a cube (..., B) into its band
 values (..., K) with ``simulate`` and puts them back on the grid as a sparse
-observation with ``place_on_grid``. ``stack_library`` pads a list of sensors
-into arrays that a jitted step can index with a traced sensor id.
+observation with ``place_on_grid`` (data.masking turns both into one matrix per
+sensor for jitted training steps).
 """
 
 import contextlib
@@ -20,7 +20,6 @@ import io
 import warnings
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 import scipy.interpolate
 
@@ -340,7 +339,7 @@ def simulate(cube, sensor: SensorOnGrid):
   return cube @ sensor.response.T
 
 
-def _placement(grid_index: np.ndarray, num_bands: int) -> np.ndarray:
+def placement_matrix(grid_index: np.ndarray, num_bands: int) -> np.ndarray:
   """(K, B): row k is 1 / (number of sensor bands on that grid band) at grid_index[k]."""
   place = np.zeros((grid_index.size, num_bands), np.float32)
   place[np.arange(grid_index.size), grid_index] = 1.0
@@ -359,57 +358,6 @@ def place_on_grid(values, sensor: SensorOnGrid, num_bands: int):
     raise UserInputError(
         f"sensor '{sensor.name}' was resampled onto a longer grid than {num_bands} bands; "
         "resample it onto this data's grid")
-  place = _placement(sensor.grid_index, num_bands)
+  place = placement_matrix(sensor.grid_index, num_bands)
   mask = (place.sum(axis=0) > 0).astype(np.float32)
   return values @ place, mask
-
-
-def stack_library(library: Sequence[SensorOnGrid], num_bands: int):
-  """Pads a library into arrays a jitted step can index with a traced sensor id.
-
-  Args:
-    library: sensors resampled onto the same grid of num_bands bands.
-    num_bands: the grid's band count B.
-
-  Returns:
-    responses (S, Kmax, B) float32, zero rows as padding; grid_index
-    (S, Kmax) int32, 0 for padding; band_valid (S, Kmax) float32, 1 for real
-    bands. See observe_stacked.
-  """
-  if not library:
-    raise UserInputError("the sensor library is empty; build it with sensor_library(wavelengths)")
-  for s in library:
-    if s.response.shape[1] != num_bands:
-      raise UserInputError(
-          f"sensor '{s.name}' is on a grid of {s.response.shape[1]} bands, not {num_bands}; "
-          "build the library on this data's wavelengths")
-  k_max = max(s.num_bands for s in library)
-  responses = np.zeros((len(library), k_max, num_bands), np.float32)
-  grid_index = np.zeros((len(library), k_max), np.int32)
-  band_valid = np.zeros((len(library), k_max), np.float32)
-  for i, s in enumerate(library):
-    responses[i, :s.num_bands] = s.response
-    grid_index[i, :s.num_bands] = s.grid_index
-    band_valid[i, :s.num_bands] = 1.0
-  return responses, grid_index, band_valid
-
-
-def observe_stacked(cube, stacked, sensor_index):
-  """simulate + place_on_grid for stacked sensor ``sensor_index`` (may be traced).
-
-  Args:
-    cube: (..., B) jax or numpy array.
-    stacked: the (responses, grid_index, band_valid) of stack_library.
-    sensor_index: an int or a traced int32 scalar.
-
-  Returns:
-    x_obs (..., B) and mask (B,) float32, as place_on_grid gives them.
-  """
-  responses, grid_index, band_valid = (jnp.asarray(a) for a in stacked)
-  num_bands = responses.shape[-1]
-  valid = band_valid[sensor_index]
-  place = (grid_index[sensor_index][:, None] == jnp.arange(num_bands)) * valid[:, None]
-  counts = place.sum(axis=0)
-  values = cube @ responses[sensor_index].T
-  x_obs = values @ (place / jnp.maximum(counts, 1.0))
-  return x_obs, (counts > 0).astype(jnp.float32)
