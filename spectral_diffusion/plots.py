@@ -90,7 +90,7 @@ def evaluation_figures(out_dir, exp, preds):
   plt.close(fig)
 
 
-REPAIR_SHOWN = ("anyband", "anyband_no_pgs", "ridge", "interp")
+REPAIR_SHOWN = ("anyband", "anyband_one_step", "ridge", "interp")
 
 
 def repair_figures(out_dir, d, phys, shown):

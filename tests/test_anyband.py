@@ -239,3 +239,9 @@ def test_grid_without_an_rtm_emulator_gives_the_training_command(tmp_path, capsy
   argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={tmp_path / 'run'}"]
   assert main.main(argv + _flags(config)) == 2
   assert "python -m spectral_diffusion.physics.rtm" in capsys.readouterr().err
+
+
+def test_describe_paper_config_reports_the_papers_size(capsys):
+  assert main.main(["main", "--config=configs/anyband_paviau.py", "--mode=describe"]) == 0
+  out = capsys.readouterr().out
+  assert "277,545,319" in out and "278 M" in out
