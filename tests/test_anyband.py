@@ -244,4 +244,4 @@ def test_grid_without_an_rtm_emulator_gives_the_training_command(tmp_path, capsy
 def test_describe_paper_config_reports_the_papers_size(capsys):
   assert main.main(["main", "--config=configs/anyband_paviau.py", "--mode=describe"]) == 0
   out = capsys.readouterr().out
-  assert "277,545,319" in out and "278 M" in out
+  assert "277,598,055" in out and "278 M" in out

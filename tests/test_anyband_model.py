@@ -18,7 +18,7 @@ from tests.conftest import indian_pines
 _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 # 277.7 M / 278.3 M: Table 5's 278 M (the paper does not say which data set it counted).
-PAPER_CONFIG_COUNTS = {103: 277_545_319, 191: 278_007_231}
+PAPER_CONFIG_COUNTS = {103: 277_598_055, 191: 278_105_023}
 
 
 def _group_norm(f, groups, eps=1e-5):
@@ -80,10 +80,12 @@ def test_every_res_block_is_modulated_with_per_layer_shapes(tiny):
 
 def test_output_depends_on_condition_and_mask_through_cam(tiny):
   _, (x, t, cond, mask), params, run = tiny
-  # Switch the modulation on, as training would (numpy draws: no compile per parameter shape).
+  # The output conv starts at zero (DDPM's init): an untrained model predicts 0, i.e. the prior.
+  assert float(jnp.max(jnp.abs(run(params, x, t, cond, mask)[0]))) == 0.0
+  # Switch the modulation and the output on, as training would (numpy draws: no compile per shape).
   rng = np.random.default_rng(0)
   params = {k: jax.tree.map(lambda p: 0.1 * rng.standard_normal(p.shape, np.float32), v)
-            if k.endswith("_cam") else v for k, v in params.items()}
+            if k.endswith("_cam") or k == "out_conv" else v for k, v in params.items()}
 
   def outputs(cond, mask):
     out, inter = run(params, x, t, cond, mask)

@@ -20,8 +20,9 @@ PAPER_PARAMETERS = 278_000_000  # AnyBand-Diff, Table 5 (PyTorch, 103 or 191 ban
 
 class CAMEncoder(nn.Module):
   """E(C, M): two stride-2 convs over C, global average pool, concatenated with the band mask (averaged
-  over pixels for a pixel mask), MLP -> context vector. The mask enters after pooling: as a map it is
-  constant over space, and N more input channels would cost as much as C itself."""
+  over pixels for a pixel mask) and the mean of C per band, MLP -> context vector. The mask enters after
+  pooling: as a map it is constant over space, and N more input channels would cost as much as C
+  itself. The mean of C keeps the brightness that the convs' GroupNorm removes."""
   channels: int
   context_dim: int
   num_groups: int = 32
@@ -35,7 +36,7 @@ class CAMEncoder(nn.Module):
                   name=f"conv{i}")(h)
       h = nn.silu(layers.group_norm(self.num_groups, self.dtype, f"norm{i}")(h))
     band_mask = mask if mask.ndim == 2 else jnp.mean(mask, axis=(1, 2))
-    h = jnp.concatenate([jnp.mean(h, axis=(1, 2)), band_mask], axis=-1)
+    h = jnp.concatenate([jnp.mean(h, axis=(1, 2)), band_mask, jnp.mean(cond, axis=(1, 2))], axis=-1)
     h = nn.Dense(self.context_dim, dtype=self.dtype, name="dense0")(h)
     return nn.Dense(self.context_dim, dtype=self.dtype, name="dense1")(nn.silu(h))
 
