@@ -291,11 +291,9 @@ def load_model(config, workdir, variant="anyband"):
   manager, step, meta = train.open_checkpoint(config, directory, f"the {variant} model")
   n = meta["num_bands"]
   model = models.build_model(config.model, n)
-  gaussian = baselines.BandGaussian(*(np.asarray(meta["gaussian"][k], np.float32)
+  gaussian = baselines.BandGaussian(*(jnp.asarray(meta["gaussian"][k], jnp.float32)
                                       for k in baselines.BandGaussian._fields))
-  prior = check_config(config)
-  space = ModelSpace(baselines.BandGaussian(*(jnp.asarray(a) for a in gaussian)), meta["target_scale"],
-                     prior == "ridge")
+  space = ModelSpace(gaussian, meta["target_scale"], check_config(config) == "ridge")
   init = train.state_initializer(model, train.make_optimizer(config.train),
                                  example_args(n, meta["crop_size"]))
   state, _ = train.restore_checkpoint(manager, step, train.abstract_state(init, sharding.data_mesh()))

@@ -21,6 +21,20 @@ def false_colour(cube, bands, lo=None, hi=None):
   return np.clip((rgb - lo) / np.maximum(hi - lo, 1e-12), 0, 1), lo, hi
 
 
+def error_heatmaps(path, truth, preds, names):
+  """Per-pixel RMSE over bands for each method, on one colour scale."""
+  errs = {m: np.sqrt(np.mean((preds[m] - truth) ** 2, axis=-1)) for m in names}
+  vmax = max(float(np.percentile(e, 99)) for e in errs.values())
+  fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names), 3.8), squeeze=False)
+  for ax, m in zip(axes[0], names):
+    im = ax.imshow(errs[m], cmap="magma", vmin=0, vmax=vmax)
+    ax.set_title(f"{m}\nmean {errs[m].mean():.4f}")
+    ax.set_xticks([]), ax.set_yticks([])
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="RMSE over bands (normalised)")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def evaluation_figures(out_dir, exp, preds):
   truth = exp.test
   names = [m for m in SHOWN if m in preds]
@@ -46,17 +60,7 @@ def evaluation_figures(out_dir, exp, preds):
   fig.savefig(os.path.join(out_dir, "false_colour.png"), dpi=110)
   plt.close(fig)
 
-  # Per-pixel RMSE over bands.
-  errs = {m: np.sqrt(np.mean((preds[m] - truth) ** 2, axis=-1)) for m in names}
-  vmax = max(float(np.percentile(e, 99)) for e in errs.values())
-  fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names), 3.4), squeeze=False)
-  for ax, m in zip(axes[0], names):
-    im = ax.imshow(errs[m], cmap="magma", vmin=0, vmax=vmax)
-    ax.set_title(f"{m}\nmean {errs[m].mean():.4f}")
-    ax.set_xticks([]), ax.set_yticks([])
-  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="RMSE over bands (normalised)")
-  fig.savefig(os.path.join(out_dir, "error_heatmap.png"), dpi=110)
-  plt.close(fig)
+  error_heatmaps(os.path.join(out_dir, "error_heatmap.png"), truth, preds, names)
 
   # Spectra at a few pixels spread over the test split (deterministic positions).
   h, w = truth.shape[:2]
@@ -134,13 +138,4 @@ def repair_figures(out_dir, d, phys, shown):
     fig.savefig(os.path.join(out_dir, f"{protocol}_ndvi.png"), dpi=110)
     plt.close(fig)
 
-    errs = {m: np.sqrt(np.mean((preds[m] - truth) ** 2, axis=-1)) for m in names}
-    vmax = max(float(np.percentile(e, 99)) for e in errs.values())
-    fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names), 4.2), squeeze=False)
-    for ax, m in zip(axes[0], names):
-      im = ax.imshow(errs[m], cmap="magma", vmin=0, vmax=vmax)
-      ax.set_title(f"{m}\nmean {errs[m].mean():.4f}")
-      ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="RMSE over bands (normalised)")
-    fig.savefig(os.path.join(out_dir, f"{protocol}_error.png"), dpi=110)
-    plt.close(fig)
+    error_heatmaps(os.path.join(out_dir, f"{protocol}_error.png"), truth, preds, names)

@@ -7,9 +7,27 @@ import scipy.io
 
 from configs import demo_indian_pines
 from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM
+from spectral_diffusion.errors import UserInputError
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 INDIAN_PINES = SHARED_DATA / "scenes" / "Indian_pines_corrected.npy"
+
+
+def shared_file(rel):
+  """A file under ../shared/data (skips the test when it is not there)."""
+  path = SHARED_DATA / rel
+  if not path.is_file():
+    pytest.skip(f"shared data file missing: {path}")
+  return path
+
+
+def raises_one_line(fn, *args, match=None, **kwargs):
+  """Calls fn expecting a UserInputError with a one-line message; returns the message."""
+  with pytest.raises(UserInputError, match=match) as info:
+    fn(*args, **kwargs)
+  msg = str(info.value)
+  assert "\n" not in msg and msg
+  return msg
 
 
 def indian_pines():
@@ -27,9 +45,8 @@ def crop_file(tmp_path_factory):
   return path
 
 
-def tiny_config(data_path):
-  """The demo config shrunk to seconds: tiny U-Net, 2 steps per stage, 2-step DDIM, 16 x 16 tiles."""
-  c = demo_indian_pines.get_config()
+def shrink(c, data_path):
+  """A demo config shrunk to seconds on the real crop: tiny U-Net, 2 steps, 2-step DDIM, 16 x 16 tiles."""
   c.data.name = "file"
   c.data.path = str(data_path)
   c.data.train_cols = (0, 36)
@@ -49,6 +66,12 @@ def tiny_config(data_path):
   c.sample.num_steps = 2
   c.sample.tile_size = 16
   c.sample.tile_overlap = 4
+  return c
+
+
+def tiny_config(data_path):
+  """The SCDM demo config, shrunk."""
+  c = shrink(demo_indian_pines.get_config(), data_path)
   c.sample.batch_size = 4
   c.sample.num_samples = 2
   c.sample.icmg_scale = (0.0, 1.5)

@@ -11,7 +11,7 @@ import scipy.io
 from configs import anyband_demo_indian_pines
 from spectral_diffusion import baselines, losses, main, physics
 from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM, masking
-from tests.conftest import indian_pines
+from conftest import indian_pines, shrink
 
 WL = np.asarray(INDIAN_PINES_WAVELENGTHS_NM)
 
@@ -95,27 +95,9 @@ def test_physical_losses_against_closed_forms():
 
 
 def _config(path):
-  c = anyband_demo_indian_pines.get_config()
-  c.data.name = "file"
-  c.data.path = str(path)
-  c.data.train_cols = (0, 36)
-  c.data.test_cols = (40, 60)
-  c.data.crop_size = 16
-  c.model.base_channels = 8
-  c.model.channel_mults = (1, 2)
-  c.model.num_groups = 4
-  c.model.time_embed_dim = 32
+  """The AnyBand demo config, shrunk; one ablation and one protocol of each kind."""
+  c = shrink(anyband_demo_indian_pines.get_config(), path)
   c.model.context_dim = 16
-  c.model.attn_levels = (1,)
-  c.train.batch_size = 2
-  c.train.num_steps = 2
-  c.train.warmup_steps = 0
-  c.train.ema_start = 0
-  c.train.log_every = 1
-  c.train.checkpoint_every = 2
-  c.sample.num_steps = 2
-  c.sample.tile_size = 16
-  c.sample.tile_overlap = 4
   c.sample.batch_size = 8
   c.eval.missing_fractions = (0.5,)
   c.eval.input_band_counts = (5,)

@@ -11,7 +11,7 @@ from configs import default
 from spectral_diffusion import models
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.models import anyband_unet
-from tests.conftest import indian_pines
+from conftest import indian_pines
 
 # XLA's CPU backend without LLVM optimisation halves to thirds the compile time, which is most of this
 # file's run time; the compiled code is slower, but these models are tiny.

@@ -8,26 +8,14 @@ import numpy as np
 import pytest
 import scipy.io
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, raises_one_line, shared_file
 from spectral_diffusion import data
-from spectral_diffusion.errors import UserInputError
 
 SCENES = SHARED_DATA / "scenes"
 
 
 def _shared(rel: str) -> pathlib.Path:
-  path = SCENES / rel
-  if not path.is_file():
-    pytest.skip(f"shared data file missing: {path}")
-  return path
-
-
-def _raises_one_line(fn, *args, match=None, **kwargs) -> str:
-  with pytest.raises(UserInputError, match=match) as info:
-    fn(*args, **kwargs)
-  msg = str(info.value)
-  assert "\n" not in msg and msg
-  return msg
+  return shared_file(f"scenes/{rel}")
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +42,9 @@ def test_nearest_bands_rgb(pines):
 
 
 def test_nearest_bands_errors(pines):
-  msg = _raises_one_line(data.nearest_bands, pines.wavelengths_nm, [550.0, 3000.0])
+  msg = raises_one_line(data.nearest_bands, pines.wavelengths_nm, [550.0, 3000.0])
   assert "3000" in msg
-  _raises_one_line(data.nearest_bands, None, data.RGB_NM)
+  raises_one_line(data.nearest_bands, None, data.RGB_NM)
 
 
 def test_load_scene_mat_v5_with_wavelengths():
@@ -112,42 +100,42 @@ def test_npy_round_trip(tmp_path):
 
 
 def test_missing_file(tmp_path):
-  msg = _raises_one_line(data.load_array, tmp_path / "nope.npy")
+  msg = raises_one_line(data.load_array, tmp_path / "nope.npy")
   assert "nope.npy" in msg
 
 
 def test_unknown_extension(tmp_path):
   path = tmp_path / "x.tif"
   path.write_bytes(b"II*\x00")
-  msg = _raises_one_line(data.load_scene, path)
+  msg = raises_one_line(data.load_scene, path)
   assert ".npy" in msg and ".mat" in msg
 
 
 def test_corrupt_npy(tmp_path):
   path = tmp_path / "bad.npy"
   path.write_bytes(b"\x93NUMPY garbage\n\x00\xff" * 10)
-  assert "bad.npy" in _raises_one_line(data.load_array, path)
+  assert "bad.npy" in raises_one_line(data.load_array, path)
 
 
 def test_corrupt_mat(tmp_path):
   path = tmp_path / "bad.mat"
   path.write_bytes(b"MATLAB 5.0 MAT-file" + bytes(range(256)))
-  _raises_one_line(data.load_scene, path)
+  raises_one_line(data.load_scene, path)
 
 
 def test_2d_array(tmp_path):
   path = tmp_path / "flat.npy"
   np.save(path, np.zeros((4, 5), np.float32))
-  assert "3-D" in _raises_one_line(data.load_scene, path)
+  assert "3-D" in raises_one_line(data.load_scene, path)
 
 
 def test_ambiguous_mat_keys(tmp_path):
   path = tmp_path / "two.mat"
   scipy.io.savemat(path, {"a": np.zeros((4, 4, 3)), "b": np.ones((4, 4, 3)), "c": np.ones((2, 2))})
-  msg = _raises_one_line(data.load_array, path)
+  msg = raises_one_line(data.load_array, path)
   assert "a (4, 4, 3)" in msg and "b (4, 4, 3)" in msg and "key" in msg
   np.testing.assert_array_equal(data.load_array(path, key="b"), np.ones((4, 4, 3)))
-  _raises_one_line(data.load_array, path, key="zzz")
+  raises_one_line(data.load_array, path, key="zzz")
 
 
 def test_check_finite():
@@ -155,18 +143,18 @@ def test_check_finite():
   data.check_finite(cube, "ok.npy")
   cube[3, 7, 0] = np.nan
   cube[4, 1, 2] = np.inf
-  msg = _raises_one_line(data.check_finite, cube, "input.npy")
+  msg = raises_one_line(data.check_finite, cube, "input.npy")
   assert msg == ("input.npy: 2 NaN/Inf values (first at row 3, col 7, band 0); "
                  "fill or mask them before running")
 
 
 def test_scene_wavelength_count_mismatch():
-  _raises_one_line(data.HyperspectralScene, np.zeros((2, 2, 3)), np.arange(4.0), "s")
+  raises_one_line(data.HyperspectralScene, np.zeros((2, 2, 3)), np.arange(4.0), "s")
 
 
 def test_indian_pines_missing(monkeypatch):
   monkeypatch.setattr(data.readers.importlib.util, "find_spec", lambda name: None)
-  assert "pip install tensorly" in _raises_one_line(data.load_indian_pines)
+  assert "pip install tensorly" in raises_one_line(data.load_indian_pines)
 
 
 # Normalisers.
@@ -191,9 +179,9 @@ def test_affine_round_trip():
 
 
 def test_normaliser_errors():
-  _raises_one_line(data.normaliser_from_dict, {"kind": "zscore"})
-  _raises_one_line(data.normaliser_from_dict, {"kind": "minmax", "lo": 0.0})
-  _raises_one_line(data.fit_minmax, np.ones((3, 3, 2)))
+  raises_one_line(data.normaliser_from_dict, {"kind": "zscore"})
+  raises_one_line(data.normaliser_from_dict, {"kind": "minmax", "lo": 0.0})
+  raises_one_line(data.fit_minmax, np.ones((3, 3, 2)))
 
 
 # Patches.
@@ -203,7 +191,7 @@ def test_spatial_split(pines):
   train, test = data.spatial_split(pines.cube, (0, 100), slice(100, None))
   assert train.shape == (145, 100, 200) and test.shape == (145, 45, 200)
   np.testing.assert_array_equal(test, pines.cube[:, 100:])
-  msg = _raises_one_line(data.spatial_split, pines.cube, (0, 100), (90, 145))
+  msg = raises_one_line(data.spatial_split, pines.cube, (0, 100), (90, 145))
   assert "overlap" in msg and "90..99" in msg
 
 
@@ -211,7 +199,7 @@ def test_random_crops_shapes(pines):
   rng = np.random.default_rng(0)
   crops = data.random_crops(pines.cube, rng, batch=6, size=16, augment=False)
   assert crops.shape == (6, 16, 16, 200) and crops.dtype == np.float32
-  msg = _raises_one_line(data.random_crops, pines.cube[:10, :20], rng, 2, 16)
+  msg = raises_one_line(data.random_crops, pines.cube[:10, :20], rng, 2, 16)
   assert "10x20" in msg and "16x16" in msg
 
 
@@ -262,6 +250,6 @@ def test_predict_tiled_changes_bands():
 
 def test_predict_tiled_small_image():
   cube = np.zeros((10, 40, 3), np.float32)
-  msg = _raises_one_line(data.predict_tiled, lambda t: t, cube, 16, 4, 2)
+  msg = raises_one_line(data.predict_tiled, lambda t: t, cube, 16, 4, 2)
   assert "10x40" in msg and "16x16" in msg
-  _raises_one_line(data.tile_positions, 40, 40, 16, 16)
+  raises_one_line(data.tile_positions, 40, 40, 16, 16)

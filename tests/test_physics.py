@@ -1,7 +1,6 @@
 """Tests for spectral_diffusion.physics: indices and sensor responses, on real shared data."""
 
 import csv
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +9,9 @@ import pyrsr.rsr
 import pytest
 import scipy.io
 
-from conftest import SHARED_DATA
+from conftest import raises_one_line, shared_file
 from spectral_diffusion import physics
 from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM
-from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.physics import srf
 
 IP_NM = np.asarray(INDIAN_PINES_WAVELENGTHS_NM)
@@ -21,30 +19,17 @@ PAVIA_NM = np.linspace(430.0, 860.0, 103)  # Pavia University as distributed: no
 ALI_ORDER = ("MS-1p", "MS-1", "MS-2", "MS-3", "MS-4", "MS-4p", "MS-5p", "MS-5", "MS-7")  # MSim bands
 
 
-def _shared(rel: str) -> pathlib.Path:
-  path = SHARED_DATA / rel
-  if not path.is_file():
-    pytest.skip(f"shared data file missing: {path}")
-  return path
 
 
 def _csv_column(rel: str, column: str) -> np.ndarray:
-  with open(_shared(rel), newline="", encoding="utf-8") as f:
+  with open(shared_file(rel), newline="", encoding="utf-8") as f:
     return np.array([float(row[column]) for row in csv.DictReader(f)])
-
-
-def _raises_one_line(fn, *args, match=None, **kwargs) -> str:
-  with pytest.raises(UserInputError, match=match) as info:
-    fn(*args, **kwargs)
-  msg = str(info.value)
-  assert "\n" not in msg and msg
-  return msg
 
 
 @pytest.fixture(scope="module")
 def jasper():
   """Jasper Ridge reflectance (100, 100, 198), abundances (tree, water, dirt, road), wavelengths."""
-  m = scipy.io.loadmat(_shared("scenes/jasperRidge2_R198.mat"), variable_names=["Y", "A"])
+  m = scipy.io.loadmat(shared_file("scenes/jasperRidge2_R198.mat"), variable_names=["Y", "A"])
   cube = (m["Y"].T / 1e4).reshape(100, 100, 198).transpose(1, 0, 2)
   abundance = m["A"].T.reshape(100, 100, 4).transpose(1, 0, 2)
   return cube, abundance, _csv_column("wavelengths/jasper_wavelengths.csv", "center_nm_aviris_grid")
@@ -53,7 +38,7 @@ def jasper():
 @pytest.fixture(scope="module")
 def santa_barbara():
   """AVIRIS Santa Barbara reflectance (90, 90, 224) with its exact band centres."""
-  m = scipy.io.loadmat(_shared("scenes/gatorsense/a_hsi_img_for_VI_demo.mat"))
+  m = scipy.io.loadmat(shared_file("scenes/gatorsense/a_hsi_img_for_VI_demo.mat"))
   return m["hsi_img"].astype(np.float64) / 1e4, m["wavelengths"].reshape(-1).astype(np.float64)
 
 
@@ -77,12 +62,12 @@ def test_check_wavelengths_accepts_aviris_overlaps():
     (IP_NM / 1000.0, "micrometres"),
 ])
 def test_check_wavelengths_rejects(wl, match):
-  _raises_one_line(physics.check_wavelengths, wl, 200, match=match)
+  raises_one_line(physics.check_wavelengths, wl, 200, match=match)
 
 
 def test_band_index():
   assert physics.band_index(IP_NM, 660.0) == int(np.argmin(np.abs(IP_NM - 660.0)))
-  msg = _raises_one_line(physics.ndvi, np.ones((2, 103)), np.linspace(400.0, 700.0, 103))
+  msg = raises_one_line(physics.ndvi, np.ones((2, 103)), np.linspace(400.0, 700.0, 103))
   assert "NDVI" in msg and "860" in msg and "400.0-700.0" in msg
 
 
@@ -154,7 +139,7 @@ def test_bands_outside_the_grid_are_skipped():
   assert not set(oli.band_names) & set(oli.skipped)
   s2 = physics.sensor_on_grid("sentinel2a_msi", IP_NM)
   assert s2.skipped == ("B10",)  # 1375 nm falls in the removed water-vapour bands
-  _raises_one_line(physics.sensor_on_grid, "landsat8_oli", np.linspace(3000.0, 4000.0, 50),
+  raises_one_line(physics.sensor_on_grid, "landsat8_oli", np.linspace(3000.0, 4000.0, 50),
                    match="no band inside the grid")
   library = physics.sensor_library(PAVIA_NM, min_bands=3)
   assert "spot1_hrv1" in library.left_out and "spot1_hrv1" not in [s.name for s in library]
@@ -164,9 +149,9 @@ def test_bands_outside_the_grid_are_skipped():
 
 
 def test_unknown_sensor_lists_names():
-  msg = _raises_one_line(physics.sensor_on_grid, "sentinel2c_msi", IP_NM, match="unknown sensor")
+  msg = raises_one_line(physics.sensor_on_grid, "sentinel2c_msi", IP_NM, match="unknown sensor")
   assert "sentinel2a_msi" in msg and "eo1_ali" in msg
-  _raises_one_line(physics.sensor_library, IP_NM, names=["landsat8_oli", "nope"], match="nope")
+  raises_one_line(physics.sensor_library, IP_NM, names=["landsat8_oli", "nope"], match="nope")
 
 
 def test_gaussian_sensor(monkeypatch):
@@ -176,9 +161,9 @@ def test_gaussian_sensor(monkeypatch):
   assert physics.gaussian_sensor("test_two_bands", ["a", "b"], [550, 650], [20, 40]) == name
   s = physics.sensor_on_grid(name, IP_NM)
   np.testing.assert_allclose(s.centres_nm, [550.0, 650.0], atol=0.5)
-  _raises_one_line(physics.gaussian_sensor, "test_two_bands", ["a"], [500.0], [10.0], match="already")
-  _raises_one_line(physics.gaussian_sensor, "test_bad", ["a", "b"], [500.0], [10.0], match="one of each")
-  _raises_one_line(physics.gaussian_sensor, "test_bad", ["a"], [500.0], [-1.0], match="positive")
+  raises_one_line(physics.gaussian_sensor, "test_two_bands", ["a"], [500.0], [10.0], match="already")
+  raises_one_line(physics.gaussian_sensor, "test_bad", ["a", "b"], [500.0], [10.0], match="one of each")
+  raises_one_line(physics.gaussian_sensor, "test_bad", ["a"], [500.0], [-1.0], match="positive")
 
 
 def test_simulate_and_place_on_grid():
@@ -200,7 +185,7 @@ def test_simulate_and_place_on_grid():
   x_obs, mask = physics.place_on_grid(values, modis, 106)
   assert x_obs[23] == pytest.approx((values[b2] + values[b16]) / 2)
   assert mask.sum() == modis.num_bands - 1
-  _raises_one_line(physics.simulate, np.ones((2, 199)), modis, match="199 values")
+  raises_one_line(physics.simulate, np.ones((2, 199)), modis, match="199 values")
   np.testing.assert_allclose(physics.simulate([1.0] * 106, modis), 1.0, atol=1e-5)
 
 
@@ -220,7 +205,7 @@ def test_sentinel2_ndvi_from_aviris_matches_hyperspectral_ndvi(santa_barbara):
 
 
 def test_ali_from_hyperion_matches_real_ali():
-  m = scipy.io.loadmat(_shared("scenes/paris_data_hs_ms.mat"), variable_names=["HSim", "MSim"])
+  m = scipy.io.loadmat(shared_file("scenes/paris_data_hs_ms.mat"), variable_names=["HSim", "MSim"])
   wl = _csv_column("wavelengths/paris_hyperion_wavelengths.csv", "center_nm")
   ali = physics.sensor_on_grid("eo1_ali", wl)
   # MS-5 and MS-7 reach into the removed Hyperion water-vapour bands (1770-2093 nm).

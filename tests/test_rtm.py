@@ -1,6 +1,5 @@
 """Tests for spectral_diffusion.physics.rtm: the shipped emulators on fresh PROSAIL spectra and real scenes."""
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +7,10 @@ import numpy as np
 import pytest
 import scipy.io
 
+from conftest import SHARED_DATA
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.physics import rtm
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 JASPER = SHARED_DATA / "scenes" / "jasperRidge2_R198.mat"
 JASPER_WL = SHARED_DATA / "wavelengths" / "jasper_wavelengths.csv"
 
