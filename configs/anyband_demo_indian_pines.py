@@ -8,8 +8,8 @@ MSPL), and evaluates on the held-out columns 80-144: random band masking (10/30/
 bands and Sentinel-2A / Landsat-8 simulated from the truth, beside ridge regression from the observed
 bands and linear interpolation. The network predicts x0 of the residual over the Gaussian band
 regression from the observed bands (diffusion.prior = ridge); eps-prediction from scratch does not
-converge in this budget (see README). Expected (measured on 2 cores): 13.5 minutes in all; PSNR of the
-inferred bands at 50 % masking 47.4 dB (one-step estimate 48.5) against ridge 51.8 and interpolation
+converge in this budget (see README). Expected (measured on 2 cores): 14 minutes in all; PSNR of the
+inferred bands at 50 % masking 48.3 dB (one-step estimate 48.7) against ridge 51.8 and interpolation
 42.5; ridge wins every protocol at this training budget (README, "Measured").
 """
 from configs import default
