@@ -239,7 +239,8 @@ def train_variant(config, workdir, d, variant, mesh=None):
   bank = masking.sensor_bank(d.library, n)
   space = fit_model_space(config, d, bank, prior)
   phys = make_physics(config, d.wavelengths_nm, d.normaliser, needs_emulator(config, variant))
-  corr = correlation_prior(d.train, config.data.crop_size, config.seed)
+  pixel_term = variant != "no_mspl" and config.physics.mspl_weight and config.physics.mspl_terms[0]
+  corr = correlation_prior(d.train, config.data.crop_size, config.seed) if pixel_term else None
   init = train.state_initializer(model, optimizer,
                                  example_args(n, config.data.crop_size))
   step_fn = make_train_step(model, train.make_schedule(config.diffusion), optimizer, config, variant, space,
@@ -257,6 +258,8 @@ def train_and_evaluate(config, workdir):
   """Trains the model and the configured ablations, then writes workdir/eval."""
   from spectral_diffusion import anyband_eval  # matplotlib only when evaluating
   d = load_data(config)
+  # Sensor bands outside the grid are skipped, never used silently: say which.
+  print("sensor library on this grid:\n  " + "\n  ".join(physics.describe_library(d.library)))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(config.to_dict(), f, indent=1, default=str)
@@ -406,8 +409,3 @@ def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, n
     out[..., mask > 0] = cube[..., mask > 0]
   return out
 
-
-def num_tile_batches(bundle, config, height, width):
-  size = cascade.tile_size_for([bundle], config.sample, height, width)
-  tiles = len(data.tile_positions(height, width, size, min(config.sample.tile_overlap, size // 2)))
-  return -(-tiles // config.sample.batch_size)

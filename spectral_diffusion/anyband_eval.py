@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from spectral_diffusion import anyband, baselines, metrics
+from spectral_diffusion import anyband, baselines, cascade, metrics, physics
 from spectral_diffusion.data import masking
 from spectral_diffusion.progress import Progress
 
@@ -42,7 +42,7 @@ def protocols(config, d):
   for name in config.eval.sensors:
     sensor = by_name.get(name)
     if sensor is None:
-      sensor = anyband.physics.sensor_on_grid(name, d.wavelengths_nm)  # a clear error if unusable
+      sensor = physics.sensor_on_grid(name, d.wavelengths_nm)  # a clear error if unusable
     out.append((f"sensor_{name}",) + masking.sensor_transform(sensor, n))
   return out
 
@@ -62,13 +62,12 @@ def baseline_predictions(d, x_obs, mask, train_obs, alpha):
   return out
 
 
-def score(pred, truth, inferred, phys):
+def score(pred, truth, truth_indices, inferred, phys):
+  """Metrics of one method; truth_indices = phys.indices of the truth's reflectance (NDVI, NDWI)."""
   m = metrics.all_metrics(pred, truth, data_range=1.0, bands=inferred)
   out = {"psnr": m["mpsnr"], "ssim": m["mssim"], "rmse": m["rmse"],
          "sam_deg": float(np.degrees(metrics.sam(pred, truth)))}
-  (ndvi_p, ndwi_p), (ndvi_t, ndwi_t) = (np.asarray(i) for i in phys.indices(phys.reflectance(pred))), \
-      (np.asarray(i) for i in phys.indices(phys.reflectance(truth)))
-  for name, p, t in (("ndvi", ndvi_p, ndvi_t), ("ndwi", ndwi_p, ndwi_t)):
+  for name, p, t in zip(("ndvi", "ndwi"), phys.indices(phys.reflectance(pred)), truth_indices):
     agree = metrics.index_agreement(p, t)
     out[f"{name}_cc"], out[f"{name}_rmse"] = agree["cc"], agree["rmse"]
   return {k: float(v) for k, v in out.items()}
@@ -92,7 +91,8 @@ def evaluate(config, workdir, d=None):
   phys = anyband.make_physics(config, d.wavelengths_nm, d.normaliser,
                               pgs and bool(config.physics.guidance_terms[2]))
   plan = protocols(config, d)
-  per_call = anyband.num_tile_batches(bundles["anyband"], config, *d.test.shape[:2])
+  truth_indices = phys.indices(phys.reflectance(d.test))
+  per_call = cascade.num_tile_batches([bundles["anyband"]], config.sample, *d.test.shape[:2])
   progress = Progress(len(plan) * len(runs) * per_call, "repairing the test split")
   results, seconds, shown = {}, {r[0]: [] for r in runs}, {}
   for p_index, (protocol, transform, mask) in enumerate(plan):
@@ -104,7 +104,7 @@ def evaluate(config, workdir, d=None):
                                    config, phys, pgs=use_pgs, progress=progress, num_steps=num_steps)
       seconds[name].append(time.perf_counter() - t)
     inferred = np.arange(d.num_bands) if transform is not None else np.flatnonzero(mask == 0)
-    results[protocol] = {m: score(p, d.test, inferred, phys) for m, p in preds.items()}
+    results[protocol] = {m: score(p, d.test, truth_indices, inferred, phys) for m, p in preds.items()}
     shown[protocol] = (preds, mask)
   progress.close()
   # The first protocol pays for compilation; later ones time sampling alone.

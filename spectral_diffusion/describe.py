@@ -47,10 +47,7 @@ def describe_anyband(config):
   prior = anyband.check_config(config)
   n = config.data.num_bands or anyband.load_data(config).num_bands
   model = models.build_model(config.model, n)
-  size = max(model.min_size, config.data.crop_size)
-  args = anyband.example_args(n, size)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
-  count = sum(x.size for x in jax.tree.leaves(shapes))
+  count = anyband_unet.parameter_count(model, max(model.min_size, config.data.crop_size), n)
   return "\n".join([
       f"anyband: {n} bands, model {config.model.name}, base {config.model.base_channels}, "
       f"mults {tuple(config.model.channel_mults)}, attention at levels {tuple(config.model.attn_levels)}, "

@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 
-from spectral_diffusion import anyband, data, physics
+from spectral_diffusion import anyband, cascade, data, physics
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
@@ -69,7 +69,7 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   pgs = bool(config.physics.guidance_scale)
   phys = anyband.make_physics(config, wl, normaliser, pgs and bool(config.physics.guidance_terms[2]))
-  progress = Progress(anyband.num_tile_batches(bundle, config, *cube.shape[:2]),
+  progress = Progress(cascade.num_tile_batches([bundle], config.sample, *cube.shape[:2]),
                       f"repairing {int(n - mask.sum())} of {n} bands")
   out = anyband.repair(bundle, normaliser.forward(cube) * mask, mask, jax.random.key(config.seed), config,
                        phys, pgs=pgs, progress=progress)

@@ -21,7 +21,6 @@ class SensorBank(flax.struct.PyTreeNode):
   """
   transforms: jax.Array          # (S + 1, N, N)
   masks: jax.Array               # (S + 1, N): 1 where sensor s puts a value
-  names: tuple = flax.struct.field(pytree_node=False, default=())
 
 
 def sensor_transform(sensor, num_bands):
@@ -41,8 +40,7 @@ def sensor_bank(library, num_bands):
     masks.append(m)
   transforms.append(np.eye(num_bands, dtype=np.float32))
   masks.append(np.ones(num_bands, np.float32))
-  return SensorBank(jnp.asarray(np.stack(transforms)), jnp.asarray(np.stack(masks)),
-                    tuple(s.name for s in library) + ("full_grid",))
+  return SensorBank(jnp.asarray(np.stack(transforms)), jnp.asarray(np.stack(masks)))
 
 
 def _at_least_one(rng, mask, allowed):
