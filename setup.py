@@ -23,9 +23,15 @@ setup(
         "matplotlib>=3.8",
         "tensorly>=0.9",  # ships the embedded default scene, AVIRIS Indian Pines
         "pyrsr>=0.8",     # real sensor spectral response functions (AnyBand-Diff's sensor library)
+        # The papers' datasets as TFDS builders, stored as array_record and read without TensorFlow.
+        "tensorflow-datasets>=4.9.10",
+        "array-record>=0.8",
+        "importlib_resources>=6",  # tensorflow-datasets imports it but does not declare it
+        "rasterio>=1.4",  # GeoTIFF input and output with georeferencing
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.24", "prosail>=2.0.5"],
+        "test": ["pytest>=8", "scikit-image>=0.24", "prosail>=2.0.5", "nbmake>=1.5", "ipykernel>=6"],
+        "notebooks": ["ipykernel>=6"],
         # Only to retrain the RTM emulator for a new wavelength grid; trained weights ship.
         "physics": ["prosail>=2.0.5"],
     },
