@@ -74,9 +74,10 @@ def get_config():
   c.train.keep_checkpoints = 3
 
   c.sample = ml_collections.ConfigDict()
-  c.sample.sampler = "ddim"          # ddim | ddpm
-  c.sample.num_steps = 50            # ddim only; ddpm always takes all num_timesteps
-  c.sample.eta = 0.0
+  c.sample.sampler = "ddim"          # ddim | dpm_solver_pp | ddpm
+  c.sample.num_steps = 50            # network calls of ddim / dpm_solver_pp; ddpm takes all num_timesteps
+  c.sample.spacing = "logsnr"        # dpm_solver_pp timesteps: logsnr | time_uniform (see samplers)
+  c.sample.eta = 0.0                 # ddim only
   c.sample.ddpm_variance = "beta"    # beta (official code) | posterior
   c.sample.icmg_scale = (0.0, 2.5)   # per stage; 0 = plain conditional (paper's best: ICMG in stage 2)
   c.sample.pdt_p_start = (0.96, 0.88)  # per stage; 1.0 = off

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_diffusion import baselines, cascade, data, experiment, guidance, losses, models, physics
-from spectral_diffusion import samplers, schedules, sharding, train
+from spectral_diffusion import schedules, sharding, train
 from spectral_diffusion.data import masking
 from spectral_diffusion.errors import UserInputError
 
@@ -373,10 +373,10 @@ def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_step
     eps_fn = jax.tree_util.Partial(PhysicsGuided(), eps_fn,
                                    jax.tree_util.Partial(loss, phys, space, ref, x_obs, m), schedule,
                                    jnp.float32(scale))
-  sc = config.sample
-  if sc.sampler != "ddim":
-    raise UserInputError(f"anyband samples with ddim (physics guidance acts on its eps); got {sc.sampler!r}")
-  y0 = samplers.ddim(eps_fn, schedule, x_obs.shape, rng, num_steps=num_steps, eta=sc.eta, loop=sc.loop)
+  if config.sample.sampler == "ddpm":  # it would ignore num_steps (1 = the one-step estimate)
+    raise UserInputError("anyband samples with ddim or dpm_solver_pp (physics guidance acts on their eps), "
+                         "not ddpm; set sample.sampler")
+  y0 = cascade.run_sampler(config.sample, eps_fn, schedule, x_obs.shape, rng, num_steps=num_steps)
   return np.asarray(space.from_model(y0, ref))
 
 
@@ -384,9 +384,9 @@ def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, n
   """Rebuilds every band of a normalised cube (H, W, N) from the bands where mask (N,) is 1.
 
   Missing bands may hold anything (they are multiplied by the mask). The image is sampled in
-  overlapping tiles with DDIM (num_steps, default sample.num_steps; 1 gives the network's estimate of
-  E[x0 | C, M] with no sampling noise); observed bands are copied back exactly when
-  repair.keep_observed is set.
+  overlapping tiles with sample.sampler, ddim or dpm_solver_pp (num_steps, default sample.num_steps; 1
+  gives the network's estimate of E[x0 | C, M] with no sampling noise); observed bands are copied back
+  exactly when repair.keep_observed is set.
   """
   mask = np.asarray(mask, np.float32)
   if not mask.any():

@@ -151,15 +151,32 @@ def sample_stage(bundle, schedule, cond, rng, sample_cfg):
   if sample_cfg.pdt_target == "state" and p_start < 1.0:
     x_transform = jax.tree_util.Partial(pdt_state_transform, jnp.float32(p_start), schedule.num_timesteps)
   shape = cond.shape[:-1] + (bundle.space.out_dim,)
-  if sample_cfg.sampler == "ddim":
-    x0 = samplers.ddim(eps_fn, schedule, shape, rng, num_steps=sample_cfg.num_steps, eta=sample_cfg.eta,
-                       x_transform=x_transform, loop=sample_cfg.loop)
-  elif sample_cfg.sampler == "ddpm":
-    x0 = samplers.ddpm(eps_fn, schedule, shape, rng, variance=sample_cfg.ddpm_variance,
-                       x_transform=x_transform, loop=sample_cfg.loop)
-  else:
-    raise UserInputError(f"unknown sample.sampler {sample_cfg.sampler!r}: use ddim or ddpm")
+  x0 = run_sampler(sample_cfg, eps_fn, schedule, shape, rng, x_transform=x_transform)
   return bundle.space.from_model(x0, reference)
+
+
+SAMPLERS = ("ddim", "ddpm", "dpm_solver_pp")
+
+
+def run_sampler(sample_cfg, eps_fn, schedule, shape, rng, x_transform=None, num_steps=None):
+  """x0 from the sampler the config's `sample` section names (num_steps overrides sample.num_steps)."""
+  name, steps = sample_cfg.sampler, num_steps or sample_cfg.num_steps
+  if name not in SAMPLERS:
+    raise UserInputError(f"unknown sample.sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+  if name != "ddpm" and not 1 <= steps <= schedule.num_timesteps:
+    raise UserInputError(f"sample.num_steps is {steps}: use 1 to {schedule.num_timesteps} "
+                         f"(diffusion.num_timesteps)")
+  if name == "ddim":
+    return samplers.ddim(eps_fn, schedule, shape, rng, num_steps=steps, eta=sample_cfg.eta,
+                         x_transform=x_transform, loop=sample_cfg.loop)
+  if name == "dpm_solver_pp":
+    if sample_cfg.spacing not in samplers.SPACINGS:
+      raise UserInputError(f"unknown sample.spacing {sample_cfg.spacing!r}: use one of "
+                           f"{', '.join(samplers.SPACINGS)}")
+    return samplers.dpm_solver_pp(eps_fn, schedule, shape, rng, num_steps=steps, spacing=sample_cfg.spacing,
+                                  x_transform=x_transform, loop=sample_cfg.loop)
+  return samplers.ddpm(eps_fn, schedule, shape, rng, variance=sample_cfg.ddpm_variance,
+                       x_transform=x_transform, loop=sample_cfg.loop)
 
 
 def tile_size_for(bundles, sample_cfg, height, width):

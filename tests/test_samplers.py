@@ -8,9 +8,13 @@ Every sampler step is then affine in x, so the output moments are known exactly
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
+from conftest import raises_one_line
+from spectral_diffusion import cascade
 from spectral_diffusion import samplers
 from spectral_diffusion import schedules
 
@@ -176,10 +180,11 @@ def test_x_transform_is_applied_and_is_the_state():
     return x.at[..., 0].set(0.0)
 
   # Channel 0 is zero before each call, eps is elementwise, so it stays exactly 0
-  # (the last DDPM step adds no noise; DDIM ends on x0_hat); channel 1 is untouched.
+  # (the last DDPM step adds no noise; DDIM and DPM-Solver++ end on x0_hat); channel 1 is untouched.
   for sample, loop in (
       (lambda **kw: samplers.ddpm(eps_fn, s, shape, rng, **kw), "python"),
-      (lambda **kw: samplers.ddim(eps_fn, s, shape, rng, num_steps=10, eta=1.0, **kw), "scan")):
+      (lambda **kw: samplers.ddim(eps_fn, s, shape, rng, num_steps=10, eta=1.0, **kw), "scan"),
+      (lambda **kw: samplers.dpm_solver_pp(eps_fn, s, shape, rng, num_steps=10, **kw), "python")):
     x = sample(x_transform=zero_channel0, loop=loop)
     ref = sample(loop=loop)
     np.testing.assert_array_equal(x[..., 0], 0.0)
@@ -227,3 +232,107 @@ def test_partial_eps_fn_reuses_the_compiled_step():
     eps_fn = jax.tree_util.Partial(Scaled(), jnp.float32(a))
     samplers.ddim(eps_fn, schedule, (2, 3), jax.random.key(0), num_steps=4, loop="python")
   assert len(traces) == 1
+
+
+def _flow_then_tweedie(x_T, schedule, mu=MU, s=S):
+  """Where every sampler that ends on x0_hat(x, t=0) converges for Gaussian data: the exact probability-flow
+  map from t = T-1 to t = 0, z = (x - alpha mu) / sqrt(alpha^2 s^2 + sigma^2) being constant along it, then
+  the exact E[x0 | x_0] (the final step to the clean sample is an exact function of x at t = 0)."""
+  abar = np.cumprod(1 - np.asarray(schedule.betas, np.float64))
+  a_T, a_0 = abar[-1], abar[0]
+  z = (x_T - np.sqrt(a_T) * mu) / np.sqrt(a_T * s**2 + 1 - a_T)
+  x_0 = np.sqrt(a_0) * mu + np.sqrt(a_0 * s**2 + 1 - a_0) * z
+  return mu + np.sqrt(a_0) * s**2 * (x_0 - np.sqrt(a_0) * mu) / (a_0 * s**2 + 1 - a_0)
+
+
+def _ode_errors(sampler, sched, steps, **kw):
+  shape, rng = (256, 1, 1, 2), jax.random.PRNGKey(11)
+  x_T = np.asarray(jax.random.normal(jax.random.split(rng)[0], shape), np.float64)
+  ref = _flow_then_tweedie(x_T, sched)
+  eps_fn = _gaussian_eps_fn(sched)
+  return np.array([np.max(np.abs(np.asarray(sampler(eps_fn, sched, shape, rng, num_steps=n, loop="python",
+                                                    **kw), np.float64) - ref), axis=(0, 1, 2)) / S
+                   for n in steps])
+
+
+def test_dpm_solver_pp_is_second_order_and_beats_ddim(sched):
+  steps = (20, 40, 80)
+  dpm = _ode_errors(samplers.dpm_solver_pp, sched, steps, spacing="logsnr")
+  ddim = _ode_errors(samplers.ddim, sched, steps)
+  # Halving the step size: the error falls ~4x (second order); DDIM's (first order) ~2x.
+  for ratio in dpm[:-1] / dpm[1:]:
+    assert np.all((3.3 < ratio) & (ratio < 5.0)), dpm
+  for ratio in ddim[:-1] / ddim[1:]:
+    assert np.all((1.6 < ratio) & (ratio < 2.5)), ddim
+  assert np.all(dpm * 4 < ddim), (dpm, ddim)
+  # Time-uniform steps reach the same order once the steps are small against lambda's curvature near t=0.
+  tu = _ode_errors(samplers.dpm_solver_pp, sched, (80, 160), spacing="time_uniform")
+  assert np.all((3.3 < tu[0] / tu[1]) & (tu[0] / tu[1] < 5.0)), tu
+
+
+def test_dpm_solver_pp_first_order_steps_are_ddim(sched):
+  # With 1 or 2 calls every step is first order (no history / the final step to sigma = 0): exactly DDIM,
+  # from the same x_T for the same rng.
+  eps_fn, rng, shape = _gaussian_eps_fn(sched), jax.random.PRNGKey(12), (64, 1, 1, 2)
+  for n in (1, 2):
+    np.testing.assert_allclose(samplers.dpm_solver_pp(eps_fn, sched, shape, rng, num_steps=n),
+                               samplers.ddim(eps_fn, sched, shape, rng, num_steps=n), rtol=1e-5, atol=1e-5)
+
+
+def test_dpm_solver_pp_loops_and_outer_jit_agree():
+  s = schedules.linear(100)
+  shape, rng = (3, 4, 4, 2), jax.random.PRNGKey(13)
+  run = lambda r, loop: samplers.dpm_solver_pp(_tanh_eps_fn, s, shape, r, num_steps=7, spacing="logsnr",
+                                               loop=loop)
+  a, b = run(rng, "scan"), run(rng, "python")
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(lambda r: run(r, "auto"))(rng), b, rtol=1e-5, atol=1e-5)
+
+
+def test_dpm_solver_pp_calls_eps_fn_at_its_own_timesteps(sched):
+  """Guidance inside eps_fn (ICMG, the PDT percentile p(t)) sees the solver's t, once per step."""
+  seen = []
+
+  def eps_fn(x, t):
+    jax.debug.callback(lambda tt: seen.append(int(tt[0])), t)
+    return 0.1 * x
+
+  for spacing in samplers.SPACINGS:
+    seen.clear()
+    samplers.dpm_solver_pp(eps_fn, sched, (2, 3), jax.random.PRNGKey(0), num_steps=12, spacing=spacing,
+                           loop="python")
+    jax.effects_barrier()
+    np.testing.assert_array_equal(seen, samplers.dpm_solver_timesteps(sched, 12, spacing))
+
+
+def test_dpm_solver_timesteps(sched):
+  np.testing.assert_array_equal(samplers.dpm_solver_timesteps(sched, 50, "time_uniform"),
+                                samplers.ddim_timesteps(1000, 50))
+  abar = np.asarray(sched.alphas_cumprod, np.float64)
+  lam = 0.5 * np.log(abar / (1 - abar))
+  for n in (3, 10, 50, 100, 999, 1000):
+    ts = samplers.dpm_solver_timesteps(sched, n, "logsnr")
+    assert ts.dtype == np.int32 and ts.shape == (n,) and ts[0] == 999 and ts[-1] == 0, (n, ts)
+    assert np.all(np.diff(ts) < 0), (n, ts)
+  # Away from the collisions near t = 0, lambda steps are equal up to the integer grid's rounding.
+  ts = samplers.dpm_solver_timesteps(sched, 10, "logsnr")
+  dlam = np.diff(lam[ts])
+  np.testing.assert_allclose(dlam[:-2], (lam[0] - lam[-1]) / 9, rtol=0.05)
+  with pytest.raises(ValueError):
+    samplers.dpm_solver_timesteps(sched, 10, "karras")
+  with pytest.raises(ValueError):
+    samplers.dpm_solver_timesteps(sched, 0, "logsnr")
+
+
+def test_config_dispatch_names_the_samplers(sched):
+  cfg = default.get_config().sample
+  eps_fn, rng = _gaussian_eps_fn(sched), jax.random.PRNGKey(14)
+  cfg.sampler, cfg.num_steps = "dpm_solver_pp", 5
+  np.testing.assert_array_equal(
+      cascade.run_sampler(cfg, eps_fn, sched, (2, 1, 1, 2), rng),
+      samplers.dpm_solver_pp(eps_fn, sched, (2, 1, 1, 2), rng, num_steps=5, spacing=cfg.spacing))
+  for field, value, match in (("sampler", "euler", "dpm_solver_pp"), ("spacing", "karras", "logsnr"),
+                              ("num_steps", 0, "1 to 1000")):
+    bad = ml_collections.ConfigDict(cfg.to_dict())
+    bad[field] = value
+    raises_one_line(cascade.run_sampler, bad, eps_fn, sched, (2, 1, 1, 2), rng, match=match)
