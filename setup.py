@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["spectral_diffusion", "spectral_diffusion.*"]),
+    packages=find_packages(include=["spectral_diffusion", "spectral_diffusion.*", "tfds_builders",
+                                    "tfds_builders.*"]),
     package_data={"spectral_diffusion.physics": ["weights/*.npz"]},
     install_requires=[
         "jax>=0.10.2",

@@ -1,10 +1,14 @@
 """AnyBand-Diff on Washington DC Mall with the paper's settings (HYDICE, 1208x307x191, 400-2400 nm).
 
   python -m spectral_diffusion.main --config=configs/anyband_wdc.py --workdir=runs/anyband_wdc \\
-      --config.data.path=dc.npy --config.data.wavelengths='(...)'
+      --config.data.wavelengths='(...)'
 
-The cube (dc.tif) comes from Purdue's MultiSpec page; save it as .npy (H, W, 191) and give its 191 band
-centres in nm (or a .mat with a 'wavelengths' variable). Settings as configs/anyband_paviau.py (the
+The cube (dc.tif) comes from Purdue's MultiSpec page: put it in ~/tensorflow_datasets/downloads/manual
+(or --config.data.manual_dir=DIR); the TFDS builder tfds_builders/washington_dc builds 64 x 64
+patches with stride 32 over rows 0-951 for training and non-overlapping ones over rows 952-1207 for
+testing (see its docstring). dc.tif stores no band centres: the builder then uses 191 evenly spaced
+centres over 400-2400 nm, so give the true ones with --config.data.wavelengths (or put a .mat with a
+'wavelengths' variable, or an ENVI file, in place of dc.tif). Settings as configs/anyband_paviau.py (the
 paper uses one recipe for both scenes); RTM emulator weights for this grid do not ship: train them with
 `python -m spectral_diffusion.physics.rtm --wavelengths=GRID.npy --out=rtm_wdc.npz` and pass
 --config.physics.rtm_weights=rtm_wdc.npz.
@@ -15,10 +19,6 @@ from configs import anyband_paviau
 def get_config():
   c = anyband_paviau.get_config()
   c.data.name = "washington_dc"
-  c.data.key = ""
   c.data.num_bands = 191
-  c.data.wavelengths = ()
   c.data.reflectance_scale = 1.0     # set to what turns the file's values into reflectance
-  c.data.train_cols = (0, 220)
-  c.data.test_cols = (236, 307)
   return c

@@ -11,8 +11,16 @@ def get_config():
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "indian_pines"       # indian_pines | file  (dfc2018 / pavia_center: see their configs)
-  c.data.path = ""                   # .npy / .mat cube for name=file
+  c.data.name = "indian_pines"       # indian_pines | file | a TFDS builder: dfc2018, pavia_center,
+                                     # pavia_university, washington_dc (see the paper configs)
+  c.data.source = "scene"            # scene: read the whole scene and split it by columns (below) |
+                                     # tfds: read data.name's TFDS builder (its patches, splits, stats)
+  c.data.tfds_dir = ""               # tfds: where built datasets live ("" = $TFDS_DATA_DIR or
+                                     # ~/tensorflow_datasets)
+  c.data.manual_dir = ""             # tfds: where the downloaded scene file is ("" = TFDS's default,
+                                     # <tfds_dir>/downloads/manual)
+  c.data.tfds_config = ""            # tfds: the builder's config ("" = the paper's protocol)
+  c.data.path = ""                   # source=scene: .npy / .mat / ENVI / GeoTIFF cube for name=file
   c.data.key = ""                    # variable name inside a .mat file ("" = the only large array)
   c.data.wavelengths_key = ""        # variable with band centres inside a .mat file
   c.data.wavelengths = ()            # band centres in nm, when the file has none (overrides the file's)
@@ -23,7 +31,7 @@ def get_config():
                                      # `describe` plan the cascade without the data
   c.data.rgb_nm = (640.0, 550.0, 460.0)   # RGB = bands nearest these wavelengths ...
   c.data.rgb_bands = ()              # ... unless 0-based band indices are given here
-  c.data.train_cols = (0, 72)        # spatial split by image columns [start, stop), no overlap
+  c.data.train_cols = (0, 72)        # source=scene: split by image columns [start, stop), no overlap
   c.data.test_cols = (80, 145)
   c.data.crop_size = 32              # random training crops
   c.data.augment = True              # random flips and rot90 of training crops

@@ -31,7 +31,7 @@ class AnyBandData:
   name: str
   wavelengths_nm: np.ndarray
   normaliser: object
-  train: np.ndarray                # (H, W, N) normalised
+  train: np.ndarray                # (H, W, N) normalised, or patches (P, h, w, N) (data.source=tfds)
   test: np.ndarray
   library: list                    # physics.SensorOnGrid, the sensors DSM draws from
   gaussian: baselines.BandGaussian
@@ -42,18 +42,18 @@ class AnyBandData:
 
 
 def load_data(config):
-  scene, normaliser, train_cube, test_cube = experiment.load_split(config)
+  split = experiment.load_split(config)
   if config.data.normalise != "minmax":  # sensor simulation commutes only with one global affine map
     raise UserInputError("anyband needs data.normalise=minmax (one global scale keeps sensor "
                          "simulation valid in normalised units)")
-  if scene.wavelengths_nm is None:
-    raise UserInputError(f"{scene.name} has no band wavelengths, which anyband needs (sensors, indices): "
+  if split.wavelengths_nm is None:
+    raise UserInputError(f"{split.name} has no band wavelengths, which anyband needs (sensors, indices): "
                          f"set --config.data.wavelengths_key=NAME (a variable in the .mat file) or "
                          f"--config.data.wavelengths='(c1, c2, ...)' in nm")
-  wl = physics.check_wavelengths(scene.wavelengths_nm, scene.cube.shape[-1])
+  wl = physics.check_wavelengths(split.wavelengths_nm, split.num_bands)
   library = physics.sensor_library(wl, names=tuple(config.masking.sensors) or None)
-  return AnyBandData(scene.name, wl, normaliser, train_cube, test_cube, library,
-                     baselines.fit_band_gaussian(train_cube))
+  return AnyBandData(split.name, wl, split.normaliser, split.train, split.test, library,
+                     baselines.fit_band_gaussian(data.patches.pixels(split.train)))
 
 
 class Physics(flax.struct.PyTreeNode):

@@ -12,8 +12,10 @@ wavelength.
 
 PSNR, SSIM and RMSE are over the bands each method had to infer (normalised units, data range 1; the
 missing bands, or all bands for a sensor); SAM and the NDVI / NDWI agreement (CC and RMSE of the index
-maps against the truth's) are over the whole returned cube.
+maps against the truth's) are over the whole returned cube. A test split that is a stack of patches
+(data.source=tfds) is repaired patch by patch and every metric is the mean over patches.
 """
+import dataclasses
 import json
 import os
 import time
@@ -22,7 +24,8 @@ import jax
 import numpy as np
 
 from spectral_diffusion import anyband, baselines, cascade, metrics, physics
-from spectral_diffusion.data import masking
+from spectral_diffusion.data import masking, patches
+from spectral_diffusion.evaluate import image_shape, mean_scores, num_images, per_image, split_description
 from spectral_diffusion.progress import Progress
 
 BASELINES = ("ridge", "interp")
@@ -51,19 +54,25 @@ def baseline_predictions(d, x_obs, mask, train_obs, alpha):
   """Ridge from the observed bands (fit on the training split seen through the same mask or sensor)
   and interpolation along wavelength; observed bands kept as given."""
   obs = np.flatnonzero(mask)
-  ridge = baselines.predict_ridge(baselines.fit_ridge(train_obs[..., obs], d.train, alpha=alpha),
-                                  x_obs[..., obs])
-  interp = baselines.interp_bands(x_obs[..., obs], d.wavelengths_nm[obs], d.wavelengths_nm)
+  # Per-pixel methods: a stack of patches is fit and predicted as one image, then reshaped back.
+  x = patches.pixels(x_obs)
+  ridge = baselines.predict_ridge(baselines.fit_ridge(patches.pixels(train_obs)[..., obs],
+                                                      patches.pixels(d.train), alpha=alpha), x[..., obs])
+  interp = baselines.interp_bands(x[..., obs], d.wavelengths_nm[obs], d.wavelengths_nm)
   out = {}
   for name, pred in (("ridge", ridge), ("interp", interp)):
-    pred = pred.astype(np.float32)
+    pred = pred.astype(np.float32).reshape(np.shape(x_obs)[:-1] + (-1,))
     pred[..., obs] = x_obs[..., obs]
     out[name] = pred
   return out
 
 
 def score(pred, truth, truth_indices, inferred, phys):
-  """Metrics of one method; truth_indices = phys.indices of the truth's reflectance (NDVI, NDWI)."""
+  """Metrics of one method; truth_indices = phys.indices of the truth's reflectance (NDVI, NDWI).
+  For a stack of patches (P, h, w, N), the mean of each metric over the patches."""
+  if np.ndim(truth) == 4:
+    return mean_scores([score(p, t, tuple(ti[i] for ti in truth_indices), inferred, phys)
+                        for i, (p, t) in enumerate(zip(pred, truth))])
   m = metrics.all_metrics(pred, truth, data_range=1.0, bands=inferred)
   out = {"psnr": m["mpsnr"], "ssim": m["mssim"], "rmse": m["rmse"],
          "sam_deg": float(np.degrees(metrics.sam(pred, truth)))}
@@ -92,7 +101,8 @@ def evaluate(config, workdir, d=None):
                               pgs and bool(config.physics.guidance_terms[2]))
   plan = protocols(config, d)
   truth_indices = phys.indices(phys.reflectance(d.test))
-  per_call = cascade.num_tile_batches([bundles["anyband"]], config.sample, *d.test.shape[:2])
+  per_call = num_images(d.test) * cascade.num_tile_batches([bundles["anyband"]], config.sample,
+                                                           *image_shape(d.test))
   progress = Progress(len(plan) * len(runs) * per_call, "repairing the test split")
   results, seconds, shown = {}, {r[0]: [] for r in runs}, {}
   for p_index, (protocol, transform, mask) in enumerate(plan):
@@ -100,12 +110,13 @@ def evaluate(config, workdir, d=None):
     preds = baseline_predictions(d, x_obs, mask, train_obs, config.eval.ridge_alpha)
     for name, variant, use_pgs, num_steps in runs:
       t = time.perf_counter()
-      preds[name] = anyband.repair(bundles[variant], x_obs, mask, jax.random.key(config.seed + 300 + p_index),
-                                   config, phys, pgs=use_pgs, progress=progress, num_steps=num_steps)
+      preds[name] = per_image(lambda image, rng: [anyband.repair(  # pylint: disable=cell-var-from-loop
+          bundles[variant], image, mask, rng, config, phys, pgs=use_pgs, progress=progress,
+          num_steps=num_steps)], x_obs, jax.random.key(config.seed + 300 + p_index))[0]
       seconds[name].append(time.perf_counter() - t)
     inferred = np.arange(d.num_bands) if transform is not None else np.flatnonzero(mask == 0)
     results[protocol] = {m: score(p, d.test, truth_indices, inferred, phys) for m, p in preds.items()}
-    shown[protocol] = (preds, mask)
+    shown[protocol] = ({m: patches.mosaic(p) for m, p in preds.items()}, mask)
   progress.close()
   # The first protocol pays for compilation; later ones time sampling alone.
   timing = {m: float(np.median(s[1:] if len(s) > 1 else s)) for m, s in seconds.items()}
@@ -117,14 +128,14 @@ def evaluate(config, workdir, d=None):
   with open(os.path.join(out_dir, "anyband_metrics.md"), "w", encoding="utf-8") as f:
     f.write(table)
   from spectral_diffusion import plots  # matplotlib only when figures are drawn
-  plots.repair_figures(out_dir, d, phys, shown)
+  # A stack of test patches is drawn side by side.
+  plots.repair_figures(out_dir, dataclasses.replace(d, test=patches.mosaic(d.test)), phys, shown)
   print(table)
   return report
 
 
 def markdown(report, d, config, seconds):
-  lines = [f"# AnyBand evaluation: {d.name}, test split columns {tuple(config.data.test_cols)}, "
-           f"{d.test.shape[0]}x{d.test.shape[1]} pixels, {d.num_bands} bands", "",
+  lines = [f"# AnyBand evaluation: {d.name}, {split_description(d.test, config)}, {d.num_bands} bands", "",
            f"DDIM {config.sample.num_steps} steps, physics guidance scale {config.physics.guidance_scale}; "
            f"evaluation took {seconds:.0f} s. PSNR / SSIM / RMSE over the inferred bands (normalised, "
            f"data range 1); SAM, NDVI and NDWI over the whole cube.", ""]

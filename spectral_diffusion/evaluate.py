@@ -3,8 +3,10 @@
 Metrics are computed in normalised units with data_range 1 (min-max over the training split), and RMSE
 also in the data's own units. Every method is scored over all bands and over the bands it had to infer
 (all but the RGB input bands); per-band PSNR is capped at metrics' max_db so that a band reproduced
-exactly does not make MPSNR infinite.
+exactly does not make MPSNR infinite. A test split that is a stack of patches (data.source=tfds) is
+sampled patch by patch and every metric is the mean over patches (the papers' protocol).
 """
+import dataclasses
 import json
 import os
 import time
@@ -13,6 +15,7 @@ import jax
 import numpy as np
 
 from spectral_diffusion import baselines, cascade, experiment, metrics, train
+from spectral_diffusion.data import patches
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
@@ -20,11 +23,44 @@ METRIC_KEYS = ("rmse", "sam", "mpsnr", "mssim", "ergas")
 
 
 def score(pred, truth, bands, normaliser_span):
+  """Metrics of an image (H, W, B), or their means over the patches of a stack (P, h, w, B)."""
+  if np.ndim(truth) == 4:
+    return mean_scores([score(p, t, bands, normaliser_span) for p, t in zip(pred, truth)])
   m = metrics.all_metrics(pred, truth, data_range=1.0, bands=bands)
   out = {k: float(m[k]) for k in METRIC_KEYS}
   out["sam_deg"] = float(np.degrees(out["sam"]))
   out["rmse_data_units"] = out["rmse"] * normaliser_span
   return out
+
+
+def mean_scores(scores):
+  """The mean of each metric over a list of {metric: value} (one per patch)."""
+  return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def image_shape(cube):
+  """(height, width) of an image (H, W, B), or of each patch of a stack (P, h, w, B)."""
+  return tuple(np.shape(cube)[-3:-1])
+
+
+def num_images(cube):
+  return 1 if np.ndim(cube) == 3 else len(cube)
+
+
+def per_image(fn, cube, rng):
+  """fn(image, rng) -> list of arrays, on an image (H, W, B) as it is, or on each patch of a stack
+  (P, h, w, B) with the key folded with the patch number, the outputs stacked (P, ...)."""
+  if np.ndim(cube) == 3:
+    return fn(cube, rng)
+  outputs = [fn(image, jax.random.fold_in(rng, p)) for p, image in enumerate(cube)]
+  return [np.stack(parts) for parts in zip(*outputs)]
+
+
+def pixelwise(fn, train, test):
+  """fn(train image, test image) -> {name: prediction} for per-pixel methods, with stacks of patches
+  seen as one image each and the predictions given back in the test split's shape."""
+  out = fn(patches.pixels(train), patches.pixels(test))
+  return {m: np.reshape(p, np.shape(test)[:-1] + np.shape(p)[-1:]) for m, p in out.items()}
 
 
 def load_cascade(config, workdir, exp):
@@ -44,24 +80,31 @@ def predictions(config, workdir, exp):
   bundles = load_cascade(config, workdir, exp)
   schedule = train.make_schedule(config.diffusion)
   n = config.sample.num_samples
-  progress = Progress(n * cascade.num_tile_batches(bundles, config.sample, *test.shape[:2]) +
-                      sum(cascade.num_tile_batches(bundles[k:k + 1], config.sample, *test.shape[:2])
-                          for k in range(1, len(bundles))), "sampling test split")
-  runs = [cascade.run_cascade(bundles, schedule, test[..., rgb], jax.random.key(config.seed + 100 + i),
-                              config.sample, progress) for i in range(n)]
+  shape = image_shape(test)
+  progress = Progress(num_images(test) * (
+      n * cascade.num_tile_batches(bundles, config.sample, *shape) +
+      sum(cascade.num_tile_batches(bundles[k:k + 1], config.sample, *shape) for k in range(1, len(bundles)))),
+      "sampling test split")
+
+  def chain(stages, bands):
+    return lambda image, rng: cascade.run_cascade(stages, schedule, image[..., bands], rng, config.sample,
+                                                  progress)
+
+  runs = [per_image(chain(bundles, rgb), test, jax.random.key(config.seed + 100 + i)) for i in range(n)]
   preds, stage_preds = {"scdm": runs[0][-1]}, {}
   if n > 1:
     preds["scdm_mean"] = np.mean([r[-1] for r in runs], axis=0)
   for k, bundle in enumerate(bundles):
     stage_preds[f"scdm_stage{k + 1}"] = (runs[0][k], list(bundle.stage.out_bands))
     if k > 0:  # the stage alone, from ground-truth input bands: separates its error from the chain's
-      alone = cascade.run_cascade([bundle], schedule, test[..., list(bundle.stage.in_bands)],
-                                  jax.random.key(config.seed + 200 + k), config.sample, progress)[0]
+      alone = per_image(chain([bundle], list(bundle.stage.in_bands)), test,
+                        jax.random.key(config.seed + 200 + k))[0]
       stage_preds[f"scdm_stage{k + 1}_from_truth"] = (alone, list(bundle.stage.out_bands))
   progress.close()
   wl = exp.wavelengths_nm  # without wavelengths there is no interpolation baseline
-  preds.update(baselines.run_baselines(train_cube[..., rgb], train_cube, test[..., rgb],
-                                       None if wl is None else wl[rgb], wl, alpha=config.eval.ridge_alpha))
+  preds.update(pixelwise(lambda tr, te: baselines.run_baselines(
+      tr[..., rgb], tr, te[..., rgb], None if wl is None else wl[rgb], wl, alpha=config.eval.ridge_alpha),
+      train_cube, test))
   return preds, stage_preds
 
 
@@ -88,14 +131,15 @@ def evaluate(config, workdir, exp=None):
   with open(os.path.join(out_dir, "metrics.md"), "w", encoding="utf-8") as f:
     f.write(table)
   from spectral_diffusion import plots  # matplotlib only when figures are drawn
-  plots.evaluation_figures(out_dir, exp, preds)
+  # A stack of test patches is drawn side by side.
+  plots.evaluation_figures(out_dir, dataclasses.replace(exp, test=patches.mosaic(exp.test)),
+                           {m: patches.mosaic(p) for m, p in preds.items()})
   print(table)
   return all_bands
 
 
 def markdown_table(all_bands, inferred_bands, exp, config, seconds):
-  lines = [f"# Evaluation: {exp.name}, test split columns {tuple(config.data.test_cols)}, "
-           f"{exp.test.shape[0]}x{exp.test.shape[1]} pixels, {exp.num_bands} bands",
+  lines = [f"# Evaluation: {exp.name}, {split_description(exp.test, config)}, {exp.num_bands} bands",
            "",
            f"Sampler: {config.sample.sampler} ({config.sample.num_steps} steps), "
            f"ICMG {tuple(config.sample.icmg_scale)}, PDT p_start {tuple(config.sample.pdt_p_start)} "
@@ -114,3 +158,12 @@ def markdown_table(all_bands, inferred_bands, exp, config, seconds):
   lines.append("scdm_stageK rows score stage K's own output bands: chained from RGB, or (_from_truth) "
                "from ground-truth input bands.")
   return "\n".join(lines) + "\n"
+
+
+def split_description(test, config):
+  """'test split columns (80, 145), 145x65 pixels', or for a stack of patches 'test split: 8 patches
+  of 128x128 pixels from the pavia_center builder (metrics: mean over patches)'."""
+  if np.ndim(test) == 3:
+    return f"test split columns {tuple(config.data.test_cols)}, {test.shape[0]}x{test.shape[1]} pixels"
+  return (f"test split: {len(test)} patches of {test.shape[1]}x{test.shape[2]} pixels from the "
+          f"{config.data.name} builder (metrics: mean over patches)")

@@ -5,22 +5,8 @@ import os
 import numpy as np
 
 from spectral_diffusion import baselines, cascade, data
+from spectral_diffusion.data import datasets
 from spectral_diffusion.errors import UserInputError
-
-# Where the papers' scenes come from; they cannot ship with the package.
-DATA_SOURCES = {
-    "dfc2018": ("the 2018 IEEE GRSS Data Fusion Contest Houston hyperspectral cube (48 bands, 380-1050 nm), "
-                "free after registration at the IEEE GRSS Data Fusion Contest site (hyperspectral "
-                "'2018_IEEE_GRSS_DFC_HSI_TR'); convert it to .npy or .mat"),
-    "pavia_center": ("Pavia Centre (Pavia.mat, 102 bands) from the Grupo de Inteligencia Computacional "
-                     "(GIC, UPV/EHU) hyperspectral remote sensing scenes page"),
-    "pavia_university": ("Pavia University (PaviaU.mat, 610x340x103, ROSIS) from the Grupo de Inteligencia "
-                         "Computacional (GIC, UPV/EHU) hyperspectral remote sensing scenes page"),
-    "washington_dc": ("the HYDICE Washington DC Mall cube (1208x307x191, 400-2400 nm) from Purdue's "
-                      "MultiSpec page (dc.tif; save it as .npy with its band centres as a .mat "
-                      "'wavelengths' variable or pass --config.data.wavelengths)"),
-}
-
 
 PRIOR_DEGREES = {"ridge": 1, "ridge_poly2": 2}
 
@@ -30,7 +16,7 @@ class Experiment:
   name: str
   wavelengths_nm: np.ndarray | None
   normaliser: object             # data.MinMax | data.Affine, fit on the training split
-  train: np.ndarray              # (H, W, N) normalised
+  train: np.ndarray              # (H, W, N) normalised, or a stack of patches (P, h, w, N) (data.source=tfds)
   test: np.ndarray
   rgb_bands: tuple
   stages: list                   # cascade.Stage
@@ -51,21 +37,25 @@ def load_raw_scene(cfg):
   return scene
 
 
+def _source(name, default):
+  return datasets.SOURCES[name].description if name in datasets.SOURCES else default
+
+
 def _read_scene(cfg):
   if cfg.name == "indian_pines":
     return data.load_indian_pines()
-  if cfg.name in ("file",) + tuple(DATA_SOURCES):
+  if cfg.name in ("file",) + datasets.BUILDERS:
     if not cfg.path:
-      source = DATA_SOURCES.get(cfg.name, "your .npy or .mat cube (H, W, bands)")
+      source = _source(cfg.name, "your .npy or .mat cube (H, W, bands)")
       raise UserInputError(f"data.path is not set: get {source} and pass --config.data.path=FILE")
     if not os.path.exists(cfg.path):
-      source = DATA_SOURCES.get(cfg.name, "an (H, W, bands) cube")
+      source = _source(cfg.name, "an (H, W, bands) cube")
       raise UserInputError(f"data file {cfg.path} does not exist: get {source} and pass its path "
                            f"as --config.data.path")
     return data.load_scene(cfg.path, key=cfg.key or None, wavelengths_key=cfg.wavelengths_key or None,
                            name=cfg.name)
   raise UserInputError(f"unknown data.name {cfg.name!r}: use indian_pines, file, "
-                       f"{', '.join(DATA_SOURCES)}")
+                       f"{', '.join(datasets.BUILDERS)}")
 
 
 def rgb_bands(cfg, wavelengths_nm, num_bands):
@@ -81,36 +71,76 @@ def rgb_bands(cfg, wavelengths_nm, num_bands):
   return tuple(data.nearest_bands(wavelengths_nm, cfg.rgb_nm))
 
 
-def load_split(config):
-  """Scene -> finite check -> band count check -> spatial split -> normaliser fit on the training split.
+@dataclasses.dataclass
+class Split:
+  """A config's data, ready to train and evaluate on."""
+  name: str
+  wavelengths_nm: np.ndarray | None
+  normaliser: object             # data.MinMax | data.Affine, fit on the training split
+  train: np.ndarray              # (H, W, N) normalised float32, or (P, h, w, N) patches (source=tfds)
+  test: np.ndarray
 
-  Returns (scene, normaliser, train, test), the splits normalised float32.
+  @property
+  def num_bands(self):
+    return self.train.shape[-1]
+
+
+def load_split(config):
+  """The config's training and test data, normalised float32, with the normaliser and band centres.
+
+  data.source = scene: scene -> finite check -> band count check -> split by columns -> normaliser
+  fit on the training split. data.source = tfds: data.name's TFDS builder (built on first use) gives
+  stacks of patches, the normaliser it stored and its band centres.
   """
-  scene = load_raw_scene(config.data)
+  cfg = config.data
+  if cfg.source == "tfds":
+    return _load_tfds_split(cfg)
+  if cfg.source != "scene":
+    raise UserInputError(f"unknown data.source {cfg.source!r}: use scene or tfds")
+  scene = load_raw_scene(cfg)
   data.check_finite(scene.cube, scene.name)
-  num_bands = scene.cube.shape[-1]
-  if config.data.num_bands and num_bands != config.data.num_bands:
-    raise UserInputError(f"{scene.name} has {num_bands} bands, the config expects {config.data.num_bands}; "
-                         f"use the matching cube or set --config.data.num_bands={num_bands}")
-  train_raw, test_raw = data.spatial_split(scene.cube, tuple(config.data.train_cols),
-                                           tuple(config.data.test_cols))
-  if config.data.normalise == "minmax":
+  _check_band_count(cfg, scene.name, scene.cube.shape[-1])
+  train_raw, test_raw = data.spatial_split(scene.cube, tuple(cfg.train_cols), tuple(cfg.test_cols))
+  if cfg.normalise == "minmax":
     normaliser = data.fit_minmax(train_raw)
-  elif config.data.normalise == "affine":
-    normaliser = data.Affine(offset=config.data.offset, scale=config.data.scale)
+  elif cfg.normalise == "affine":
+    normaliser = data.Affine(offset=cfg.offset, scale=cfg.scale)
   else:
-    raise UserInputError(f"unknown data.normalise {config.data.normalise!r}: use minmax or affine")
-  return (scene, normaliser, normaliser.forward(train_raw).astype(np.float32),
-          normaliser.forward(test_raw).astype(np.float32))
+    raise UserInputError(f"unknown data.normalise {cfg.normalise!r}: use minmax or affine")
+  return Split(scene.name, scene.wavelengths_nm, normaliser, normaliser.forward(train_raw).astype(np.float32),
+               normaliser.forward(test_raw).astype(np.float32))
+
+
+def _check_band_count(cfg, name, num_bands):
+  if cfg.num_bands and num_bands != cfg.num_bands:
+    raise UserInputError(f"{name} has {num_bands} bands, the config expects {cfg.num_bands}; "
+                         f"use the matching cube or set --config.data.num_bands={num_bands}")
+
+
+def _load_tfds_split(cfg):
+  splits = datasets.load(cfg)
+  _check_band_count(cfg, splits.name, splits.train.shape[-1])
+  stored = splits.normaliser.to_dict()
+  if stored["kind"] != cfg.normalise or (
+      cfg.normalise == "affine" and (stored["offset"], stored["scale"]) != (cfg.offset, cfg.scale)):
+    raise UserInputError(f"the {splits.name} dataset is normalised as {stored}, the config asks for "
+                         f"data.normalise={cfg.normalise} (offset {cfg.offset}, scale {cfg.scale}); "
+                         f"set the config to match the builder's protocol")
+  wl = splits.wavelengths_nm
+  if cfg.wavelengths:  # e.g. the true band centres of a file that stores none
+    if len(cfg.wavelengths) != splits.train.shape[-1]:
+      raise UserInputError(f"data.wavelengths has {len(cfg.wavelengths)} values for the "
+                           f"{splits.train.shape[-1]} bands of {splits.name}; give one centre (nm) per band")
+    wl = np.asarray(cfg.wavelengths, np.float64)
+  return Split(splits.name, wl, splits.normaliser, splits.train, splits.test)
 
 
 def load_experiment(config):
   """The SCDM experiment: the split scene and the cascade plan."""
-  scene, normaliser, train, test = load_split(config)
-  num_bands = scene.cube.shape[-1]
-  rgb = rgb_bands(config.data, scene.wavelengths_nm, num_bands)
-  stages = cascade.plan_stages(num_bands, rgb, config.cascade.num_stages)
-  return Experiment(scene.name, scene.wavelengths_nm, normaliser, train, test, rgb, stages)
+  split = load_split(config)
+  rgb = rgb_bands(config.data, split.wavelengths_nm, split.num_bands)
+  stages = cascade.plan_stages(split.num_bands, rgb, config.cascade.num_stages)
+  return Experiment(split.name, split.wavelengths_nm, split.normaliser, split.train, split.test, rgb, stages)
 
 
 def plan_from_config(config):
@@ -127,7 +157,8 @@ def fit_stage_space(config, stage, train):
   prior = None
   kind = cascade.per_stage(config.diffusion.prior, stage.index, "diffusion.prior")
   if kind in PRIOR_DEGREES:
-    prior = baselines.fit_ridge(train[..., list(stage.in_bands)], train[..., list(stage.out_bands)],
+    pixels = data.patches.pixels(train)  # a stack of patches fits like one image
+    prior = baselines.fit_ridge(pixels[..., list(stage.in_bands)], pixels[..., list(stage.out_bands)],
                                 alpha=config.eval.ridge_alpha, degree=PRIOR_DEGREES[kind])
   elif kind != "none":
     raise UserInputError(f"unknown diffusion.prior {kind!r}: use none, ridge or ridge_poly2")

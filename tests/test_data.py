@@ -253,3 +253,85 @@ def test_predict_tiled_small_image():
   msg = raises_one_line(data.predict_tiled, lambda t: t, cube, 16, 4, 2)
   assert "10x40" in msg and "16x16" in msg
   raises_one_line(data.tile_positions, 40, 40, 16, 16)
+
+
+# The papers' patch protocols (pure geometry, on the real scene sizes).
+
+
+def _positions_along(n, size, stride):
+  """Closed form of a border-aligned grid: ceil((n - size) / stride) + 1 starts."""
+  return -(-(n - size) // stride) + 1
+
+
+def _disjoint(a, b):
+  return not (a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3])
+
+
+def test_scdm_dfc2018_grid_is_27_patches_with_3_isolated_test_patches():
+  from tfds_builders.dfc2018 import dfc2018_dataset_builder as dfc  # noqa: F401 (imports TFDS)
+  split = dfc.Builder.BUILDER_CONFIGS[0].split
+  train, test = split.windows(1202, 4172)
+  assert _positions_along(1202, 512, 512) * _positions_along(4172, 512, 512) == 27
+  assert (len(train), len(test)) == (24, 3)
+  assert all(w[2:] == (512, 512) and w[0] + 512 <= 1202 and w[1] + 512 <= 4172 for w in train + test)
+  assert all(_disjoint(t, o) for t in test for o in train + test if o != t)
+  covered = np.zeros((1202, 4172), bool)
+  for r, c, h, w in train + test:
+    covered[r:r + h, c:c + w] = True
+  assert covered.all()
+
+
+def test_scdm_pavia_center_grid_is_48_patches_40_train_8_test():
+  from tfds_builders.pavia_center import pavia_center_dataset_builder as pc
+  train, test = pc.Builder.BUILDER_CONFIGS[0].split.windows(1096, 715)
+  assert _positions_along(1024, 128, 128) * _positions_along(715, 128, 128) == 48
+  assert (len(train), len(test)) == (40, 8)
+  assert max(r + h for r, _, h, _ in train + test) == 1024  # the 1024 rows used
+  assert {c for _, c, _, _ in test} == {0}
+  assert all(_disjoint(t, o) for t in test for o in train)
+
+
+@pytest.mark.parametrize("module, shape, train_rows", [
+    ("pavia_university", (610, 340), 482), ("washington_dc", (1208, 307), 952)])
+def test_anyband_patches_are_64_with_stride_32(module, shape, train_rows):
+  import importlib
+  builder = importlib.import_module(f"tfds_builders.{module}.{module}_dataset_builder").Builder
+  train, test = builder.BUILDER_CONFIGS[0].split.windows(*shape)
+  h, w = shape
+  assert len(train) == _positions_along(train_rows, 64, 32) * _positions_along(w, 64, 32)
+  assert len(test) == _positions_along(h - train_rows, 64, 64) * _positions_along(w, 64, 64)
+  assert max(r + 64 for r, _, _, _ in train) == train_rows == min(r for r, _, _, _ in test)
+  assert all(_disjoint(t, o) for t in test for o in train)
+
+
+def test_split_protocol_errors():
+  # A 40-pixel side holds starts 0, 16, 24: patch 5 (row 16, column 24) overlaps its neighbours.
+  assert "test patch 5" in raises_one_line(data.patches.GridSplit(16, (0, 5)).windows, 40, 40)
+  assert "below 9" in raises_one_line(data.patches.GridSplit(16, (9,)).windows, 40, 40)
+  msg = raises_one_line(data.patches.RegionSplit(0, (0, 30), (20, 40), size=8).windows, 40, 40)
+  assert "overlap" in msg
+
+
+def test_random_crops_from_a_stack_stay_inside_one_patch():
+  p, h, w, size = 5, 12, 10, 6
+  ids = np.arange(p * h * w, dtype=np.float32).reshape(p, h, w, 1)
+  crops = data.random_crops(ids, np.random.default_rng(3), batch=40, size=size, augment=False)
+  assert crops.shape == (40, size, size, 1) and crops.dtype == np.float32
+  drawn = set()
+  for crop in crops:
+    k, rest = divmod(int(crop.min()), h * w)
+    y, x = divmod(rest, w)
+    np.testing.assert_array_equal(crop, ids[k, y:y + size, x:x + size])
+    drawn.add(k)
+  assert drawn == set(range(p))
+  msg = raises_one_line(data.random_crops, ids, np.random.default_rng(0), 2, 11)
+  assert "12x10" in msg
+
+
+def test_pixels_and_mosaic_of_a_stack():
+  stack = np.random.default_rng(0).random((3, 4, 5, 2))
+  np.testing.assert_array_equal(data.patches.pixels(stack).reshape(-1, 2), stack.reshape(-1, 2))
+  image = data.patches.mosaic(stack)
+  assert image.shape == (4, 15, 2)
+  np.testing.assert_array_equal(image[:, 5:10], stack[1])
+  np.testing.assert_array_equal(data.patches.mosaic(stack[0]), stack[0])

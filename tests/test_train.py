@@ -91,6 +91,7 @@ def test_paper_config_builds_and_takes_one_training_step(tmp_path, get_config):
   # Real spectra resampled to the paper's band count; the full 77 M-parameter model at 64 x 64.
   cube = np.stack([cube[..., int(b)] for b in np.linspace(0, 199, n)], axis=-1)
   np.save(tmp_path / "cube.npy", cube)
+  config.data.source = "scene"  # the paper configs read TFDS builders; this one reads the resampled cube
   config.data.path = str(tmp_path / "cube.npy")
   config.data.key = ""
   config.data.train_cols = (0, 64)

@@ -1,0 +1,1 @@
+"""The 2018 IEEE GRSS Data Fusion Contest Houston hyperspectral scene, SCDM's protocol."""

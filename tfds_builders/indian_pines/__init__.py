@@ -1,0 +1,1 @@
+"""AVIRIS Indian Pines (200 bands), the demo's column split."""

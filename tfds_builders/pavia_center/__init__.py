@@ -1,0 +1,1 @@
+"""Pavia Centre (ROSIS, 102 bands), SCDM's protocol."""

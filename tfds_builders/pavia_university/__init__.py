@@ -1,0 +1,1 @@
+"""Pavia University (ROSIS, 103 bands), AnyBand-Diff's protocol."""

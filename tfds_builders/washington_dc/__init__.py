@@ -1,0 +1,1 @@
+"""Washington DC Mall (HYDICE, 191 bands), AnyBand-Diff's protocol."""
