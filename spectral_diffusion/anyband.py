@@ -178,6 +178,9 @@ def check_config(config):
   terms = tuple(config.physics.mspl_terms)
   if len(terms) != 3 or len(tuple(config.physics.guidance_terms)) != 3:
     raise UserInputError("physics.mspl_terms and physics.guidance_terms take three weights each")
+  if config.physics.guidance_gradient not in guidance.JACOBIANS:
+    raise UserInputError(f"unknown physics.guidance_gradient {config.physics.guidance_gradient!r}: use "
+                         f"{' or '.join(guidance.JACOBIANS)}")
   return prior
 
 
@@ -349,10 +352,12 @@ class GuidanceLoss:
 
 @dataclasses.dataclass(frozen=True)
 class PhysicsGuided:
-  """guidance.physics_guidance as a hashable callable (see Denoiser)."""
+  """guidance.physics_guidance as a hashable callable (see Denoiser); jacobian is
+  physics.guidance_gradient ("network": the paper's gradient through the U-Net; "identity": skip it)."""
+  jacobian: str = "network"
 
   def __call__(self, eps_fn, loss_fn, schedule, scale, x_t, t):
-    return guidance.physics_guidance(eps_fn, loss_fn, schedule, scale)(x_t, t)
+    return guidance.physics_guidance(eps_fn, loss_fn, schedule, scale, self.jacobian)(x_t, t)
 
 
 def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_steps):
@@ -370,7 +375,7 @@ def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_step
     bands = tuple(physics.band_index(wl, nm) for nm in (physics.RED_NM, physics.GREEN_NM, physics.NIR_NM))
     loss = GuidanceLoss(tuple(float(w) for w in config.physics.guidance_terms),
                         tuple(float(v) for v in config.physics.valid_range), bands)
-    eps_fn = jax.tree_util.Partial(PhysicsGuided(), eps_fn,
+    eps_fn = jax.tree_util.Partial(PhysicsGuided(config.physics.guidance_gradient), eps_fn,
                                    jax.tree_util.Partial(loss, phys, space, ref, x_obs, m), schedule,
                                    jnp.float32(scale))
   if config.sample.sampler == "ddpm":  # it would ignore num_steps (1 = the one-step estimate)

@@ -137,3 +137,50 @@ def test_physics_guidance_zero_scale_and_sampler():
   b = samplers.ddim(guided, sched, (2, 3, 3, 2), jax.random.PRNGKey(1), num_steps=5,
                     loop="python")
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_sample_loss", [True, False])
+def test_physics_guidance_identity_jacobian_matches_closed_form(per_sample_loss):
+  # d x0_hat / d x_t taken as I / sqrt(abar_t): only the loss is differentiated, at x0_hat.
+  sched = schedules.linear(100)
+  a, scale = 0.7, 1.3
+  x = _normal(9, (3, 4, 4, 2))
+  c = _normal(10, (3, 4, 4, 2))
+  t = jnp.array([0, 40, 99], jnp.int32)
+
+  @jax.custom_vjp
+  def net(x_t):  # a network whose backward pass must not run in identity mode
+    return a * jnp.tanh(x_t)
+
+  def no_backward(res, g):
+    raise AssertionError("identity mode differentiated the network")
+
+  net.defvjp(lambda x_t: (net(x_t), None), no_backward)
+  calls = []
+
+  def eps_fn(x_t, t):
+    calls.append(1)
+    return net(x_t)
+
+  def loss_fn(x0):
+    per = 0.5 * jnp.sum((x0 - c) ** 2, axis=(1, 2, 3))
+    return per if per_sample_loss else jnp.sum(per)
+
+  got = guidance.physics_guidance(eps_fn, loss_fn, sched, scale, jacobian="identity")(x, t)
+  assert len(calls) == 1
+  abar = np.asarray(sched.alphas_cumprod, np.float64)[np.asarray(t)][:, None, None, None]
+  xn, cn = np.asarray(x, np.float64), np.asarray(c, np.float64)
+  eps = a * np.tanh(xn)
+  x0_hat = (xn - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
+  want = eps - scale * np.sqrt(1 - abar) * (x0_hat - cn) / np.sqrt(abar)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  jitted = jax.jit(guidance.physics_guidance(eps_fn, loss_fn, sched, scale, jacobian="identity"))
+  np.testing.assert_allclose(jitted(x, t), want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(AssertionError, match="differentiated the network"):
+    guidance.physics_guidance(eps_fn, loss_fn, sched, scale)(x, t)
+
+
+def test_physics_guidance_rejects_unknown_jacobian():
+  with pytest.raises(ValueError, match="jacobian"):
+    guidance.physics_guidance(lambda x, t: x, lambda x0: x0.sum(), schedules.linear(10), 1.0,
+                              jacobian="none")
