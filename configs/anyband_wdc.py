@@ -20,5 +20,6 @@ def get_config():
   c = anyband_paviau.get_config()
   c.data.name = "washington_dc"
   c.data.num_bands = 191
+  c.data.wavelengths = ()            # the file's band centres (or the builder's nominal grid)
   c.data.reflectance_scale = 1.0     # set to what turns the file's values into reflectance
   return c

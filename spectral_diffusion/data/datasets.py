@@ -194,6 +194,14 @@ def read(b) -> PatchSplits:
                      stacks["test"][0], stacks["train"][1], stacks["test"][1], meta)
 
 
+def load_builder(name, data_dir="", manual_dir="", config=None) -> PatchSplits:
+  """A dataset's splits by name: builds it first if needed (into data_dir, "" = TFDS's default, from the
+  scene file in manual_dir, "" = <data_dir>/downloads/manual), then reads it."""
+  b = builder(name, data_dir, config)
+  prepare(b, manual_dir)
+  return read(b)
+
+
 def load(cfg) -> PatchSplits:
   """The data section of a config (source tfds) -> its builder's splits, building them first if
   needed."""
@@ -202,6 +210,4 @@ def load(cfg) -> PatchSplits:
     raise UserInputError(f"data.path is read with data.source=scene; with data.source=tfds the builder "
                          f"reads {expected_files(cfg.name)} from its manual directory (data.manual_dir): "
                          f"put the file there, or set --config.data.source=scene")
-  b = builder(cfg.name, cfg.tfds_dir, cfg.tfds_config or None)
-  prepare(b, cfg.manual_dir)
-  return read(b)
+  return load_builder(cfg.name, cfg.tfds_dir, cfg.manual_dir, cfg.tfds_config or None)
