@@ -22,23 +22,40 @@ def define_flags(argv):
                                  sys_argv=argv)  # overrides are found in argv, not in sys.argv
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics.jsonl and eval/ go here", flag_values=fv)
   flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "repair", "describe"], "what to do", flag_values=fv)
-  flags.DEFINE_string("input", None, "sample: .npy/.mat image: RGB (H, W, 3) or a cube with --input_bands; "
-                      "repair: a cube on the model's grid with missing bands NaN (or --missing_bands), "
-                      "or a sensor's bands with --sensor", flag_values=fv)
-  flags.DEFINE_string("input_key", None, "sample/repair: variable name inside a .mat input", flag_values=fv)
+  flags.DEFINE_string("input", None, "sample/repair: .npy, .npz, .mat, GeoTIFF (.tif) or ENVI (.hdr/.img) "
+                      "file. sample: RGB (H, W, 3), or a cube whose RGB bands are found by wavelength "
+                      "(or --input_bands); repair: a cube on the model's grid with missing bands NaN "
+                      "(or --missing_bands), or a sensor's bands with --sensor. Nodata pixels stay nodata",
+                      flag_values=fv)
+  flags.DEFINE_string("input_key", None, "sample/repair: variable name inside a .mat/.npz input", flag_values=fv)
   flags.DEFINE_list("missing_bands", None, "repair: 0-based indices of the bands to rebuild", flag_values=fv)
-  flags.DEFINE_string("sensor", None, "repair: the input holds this sensor's bands "
-                      "(physics.sensor_names())", flag_values=fv)
+  flags.DEFINE_string("sensor", None, "sample/repair: the input holds this sensor's bands, in the order "
+                      "the model's grid gives them (physics.sensor_names())", flag_values=fv)
+  flags.DEFINE_list("wavelengths", None, "sample/repair: band centres of the input in nm, comma-separated, "
+                    "for files that do not store them (needed for GeoTIFF/ENVI without wavelength "
+                    "metadata); replaces the file's", flag_values=fv)
   flags.DEFINE_list("input_bands", None, "sample: 0-based indices of R, G, B in a multi-band input",
                     flag_values=fv)
-  flags.DEFINE_string("output", None, "sample/repair: output .npy path (default: WORKDIR/samples/ or "
-                      "WORKDIR/repaired/<input>.npy)", flag_values=fv)
+  flags.DEFINE_string("output", None, "sample/repair: output path; .tif/.tiff writes a GeoTIFF with the "
+                      "input's georeferencing and per-band wavelengths, .npy an array (nodata as NaN). "
+                      "Default: WORKDIR/samples/ or WORKDIR/repaired/<input>.tif for a georeferenced input, "
+                      ".npy otherwise", flag_values=fv)
   return fv
 
 
 def _one_line(e):
   text = " ".join(str(e).split())
   return (text[:400] + " ...") if len(text) > 400 else (text or type(e).__name__)
+
+
+def _wavelengths(values):
+  if not values:
+    return None
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise UserInputError(f"--wavelengths={','.join(values)} must be band centres in nm separated by "
+                         "commas, e.g. --wavelengths=450.5,550,660.2") from None
 
 
 def run(flag_values):
@@ -50,7 +67,8 @@ def run(flag_values):
   anyband = config.method == "anyband"
   mode = flag_values.mode
   if mode in ("sample", "repair") and not flag_values.input:
-    raise UserInputError(f"--mode={mode} needs --input=FILE (.npy or .mat)")
+    raise UserInputError(f"--mode={mode} needs --input=FILE (.npy, .mat, .tif or ENVI .hdr)")
+  wavelengths = _wavelengths(flag_values.wavelengths)
   if mode == "describe":
     from spectral_diffusion import describe
     print(describe.describe(config))
@@ -72,7 +90,8 @@ def run(flag_values):
     from spectral_diffusion import sample
     bands = [int(b) for b in flag_values.input_bands] if flag_values.input_bands else None
     sample.sample_file(config, flag_values.workdir, flag_values.input, flag_values.output,
-                       input_key=flag_values.input_key, input_bands=bands)
+                       input_key=flag_values.input_key, input_bands=bands, wavelengths=wavelengths,
+                       sensor=flag_values.sensor)
   else:
     if not anyband:
       raise UserInputError("--mode=repair needs an anyband config (method=anyband), e.g. "
@@ -84,7 +103,8 @@ def run(flag_values):
       raise UserInputError(f"--missing_bands={','.join(flag_values.missing_bands)} must be 0-based band "
                            f"indices separated by commas") from None
     repair.repair_file(config, flag_values.workdir, flag_values.input, flag_values.output,
-                       input_key=flag_values.input_key, missing_bands=missing, sensor=flag_values.sensor)
+                       input_key=flag_values.input_key, missing_bands=missing, sensor=flag_values.sensor,
+                       wavelengths=wavelengths)
 
 
 def main(argv=None):

@@ -1,10 +1,11 @@
-"""`--mode=sample`: run a trained cascade on a user's image file; write the cube (.npy) and a PNG."""
+"""`--mode=sample`: run a trained cascade on a user's image file; write the cube (GeoTIFF or .npy) and a PNG."""
 import os
 
 import jax
 import numpy as np
 
-from spectral_diffusion import cascade, data, train
+from spectral_diffusion import cascade, data, physics, train
+from spectral_diffusion.data import geo
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
@@ -19,48 +20,80 @@ def load_cascade_from_workdir(config, workdir):
   return bundles, metas
 
 
-def read_input(path, key, input_bands, rgb_bands, num_bands):
-  """The RGB bands of an input file, raw values (H, W, 3): an RGB image, or a cube with band indices."""
-  arr = data.load_array(path, key)
-  if arr.ndim != 3:
-    raise UserInputError(f"{path} has shape {arr.shape}; expected an (H, W, bands) image")
-  arr = arr.astype(np.float32)
+def read_input(path, key, input_bands, rgb_bands, num_bands, grid_nm=None, wavelengths=None, sensor=None):
+  """The RGB bands of an input file, raw values (H, W, 3), and the input scene.
+
+  The three bands are, in order of precedence: --input_bands; the bands nearest the cascade's RGB
+  band centres when the file (or --wavelengths, or --sensor's band centres) gives wavelengths and the
+  checkpoint has a grid; a 3-band image as R, G, B; the trained RGB bands of a full-grid cube.
+  Pixels NaN in all three bands (nodata) are kept NaN here; a NaN in only some is an error.
+  """
+  scene = data.load_scene(path, key)
+  arr = scene.cube
+  if sensor:
+    if grid_nm is None:
+      raise UserInputError("--sensor needs band wavelengths in the checkpoint, and this cascade was "
+                           "trained without them; pass --input_bands=R,G,B instead")
+    on_grid = physics.sensor_on_grid(sensor, grid_nm)
+    if arr.shape[-1] != on_grid.num_bands:
+      raise UserInputError(f"{path} has {arr.shape[-1]} bands; {sensor} has {on_grid.num_bands} on the "
+                           f"model's grid, give them in this order: {', '.join(on_grid.band_names)}")
+    wavelengths = on_grid.centres_nm
+  scene = data.with_wavelengths(scene, wavelengths, "--sensor" if sensor else "--wavelengths")
+  wl = scene.wavelengths_nm
   if input_bands is not None:
     if len(input_bands) != 3 or any(not 0 <= b < arr.shape[-1] for b in input_bands):
       raise UserInputError(f"--input_bands={input_bands} must be 3 indices below {arr.shape[-1]} "
                            f"(R, G, B of {path})")
-    arr = arr[..., input_bands]
+    bands = list(input_bands)
+  elif wl is not None and grid_nm is not None:
+    bands = data.nearest_bands(wl, np.asarray(grid_nm)[list(rgb_bands)])
+  elif data.is_raster(path) and arr.shape[-1] != 3:
+    raise UserInputError(f"{path} has {arr.shape[-1]} bands and no band wavelengths in its metadata, so "
+                         "the RGB bands cannot be found; pass --wavelengths=c1,c2,... (nm, one per band), "
+                         "--sensor=NAME, or --input_bands=R,G,B")
   elif arr.shape[-1] == num_bands:
-    arr = arr[..., list(rgb_bands)]   # a full cube: take the bands the cascade was trained on
-  elif arr.shape[-1] != 3:
+    bands = list(rgb_bands)   # a full cube: take the bands the cascade was trained on
+  elif arr.shape[-1] == 3:
+    bands = [0, 1, 2]
+  else:
     raise UserInputError(f"{path} has {arr.shape[-1]} bands; the cascade takes 3 (RGB) or a full "
-                         f"{num_bands}-band cube; pass --input_bands=R,G,B to pick three")
-  data.check_finite(arr, path)
-  return arr
+                         f"{num_bands}-band cube; pass --input_bands=R,G,B to pick three, or "
+                         "--wavelengths=c1,c2,... (nm) to pick them by wavelength")
+  rgb = arr[..., bands]
+  nodata = data.nodata_pixels(rgb)
+  data.check_finite(np.where(nodata[..., None], 0.0, rgb), path)
+  return rgb, nodata, scene
 
 
-def sample_file(config, workdir, input_path, output_path=None, input_key=None, input_bands=None):
+def sample_file(config, workdir, input_path, output_path=None, input_key=None, input_bands=None,
+                wavelengths=None, sensor=None):
+  """Runs the cascade on a file; writes the cube (.tif/.tiff: GeoTIFF with the input's georeferencing
+  and the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata."""
+  if output_path is not None:
+    geo.check_output_path(output_path)
   bundles, metas = load_cascade_from_workdir(config, workdir)
   meta = metas[0]
   normaliser = data.normaliser_from_dict(meta["normaliser"])
-  rgb = read_input(input_path, input_key, input_bands, meta["in_bands"], meta["num_bands"])
+  grid = meta.get("wavelengths_nm")
+  rgb, nodata, scene = read_input(input_path, input_key, input_bands, meta["in_bands"], meta["num_bands"],
+                                  grid, wavelengths, sensor)
+  rgb = data.fill_nodata(rgb, nodata, input_path)
   if output_path is None:
-    stem = os.path.splitext(os.path.basename(input_path))[0]
-    output_path = os.path.join(workdir, "samples", f"{stem}.npy")
-  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    output_path = geo.default_output(input_path, os.path.join(workdir, "samples"), like=scene)
   schedule = train.make_schedule(config.diffusion)
   progress = Progress(cascade.num_tile_batches(bundles, config.sample, *rgb.shape[:2]), "sampling")
   outputs = cascade.run_cascade(bundles, schedule, normaliser.forward(rgb), jax.random.key(config.seed),
                                 config.sample, progress)
   progress.close()
   cube = normaliser.inverse(outputs[-1]).astype(np.float32)
-  # Write to a temporary name first so a failure never leaves a half-written file under the real name.
-  tmp = output_path + ".partial.npy"
-  np.save(tmp, cube)
-  os.replace(tmp, output_path)
+  del outputs
+  cube[nodata] = np.nan
+  data.write_cube(output_path, cube, like=scene, wavelengths_nm=grid)
   png = os.path.splitext(output_path)[0] + ".png"
   _save_png(png, cube, meta)
-  print(f"wrote {output_path} {cube.shape} in the training data's units, and {png}")
+  print(f"wrote {output_path} {cube.shape} in the training data's units"
+        f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}, and {png}")
   return cube
 
 

@@ -1,18 +1,22 @@
-"""Readers for hyperspectral scenes: .npy, .npz and MATLAB .mat (v5 and v7.3)."""
+"""Readers for hyperspectral scenes: .npy, .npz, MATLAB .mat (v5 and v7.3), ENVI (.hdr + binary) and
+GeoTIFF (or any raster GDAL reads, through rasterio), with band centres and georeferencing."""
 
 import dataclasses
 import importlib.util
 import pathlib
 import re
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from spectral_diffusion.data._indian_pines_wavelengths import INDIAN_PINES_WAVELENGTHS_NM
 from spectral_diffusion.errors import UserInputError
 
-SUPPORTED_EXTENSIONS = (".npy", ".npz", ".mat")
+ARRAY_EXTENSIONS = (".npy", ".npz", ".mat")
+GEOTIFF_EXTENSIONS = (".tif", ".tiff")
+ENVI_EXTENSIONS = (".hdr", ".img", ".dat", ".bsq", ".bil", ".bip", ".raw")
+SUPPORTED_EXTENSIONS = ARRAY_EXTENSIONS + GEOTIFF_EXTENSIONS + ENVI_EXTENSIONS
 RGB_NM = (640.0, 550.0, 460.0)
 
 # MATLAB classes that hold numbers (char, cell, struct, logical and objects do not).
@@ -20,14 +24,28 @@ _NUMERIC_MATLAB_CLASSES = frozenset({
     "double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"})
 # wavelength, wavelengths, wavlength (a real misspelling), wavlen, AVIRIS_wavlen, wl, wavelength_nm.
 _WAVELENGTH_KEY = re.compile(r"(^|_)(wave?len(gth)?s?|wls?)(_nm)?$")
+# ENVI 'wavelength units' (and GDAL's wavelength_units tags) -> factor to nm.
+_UNITS_TO_NM = {"nanometers": 1.0, "nanometres": 1.0, "nm": 1.0, "micrometers": 1000.0,
+                "micrometres": 1000.0, "microns": 1000.0, "um": 1000.0, "µm": 1000.0,
+                "millimeters": 1e6, "mm": 1e6}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class HyperspectralScene:
-  """A cube (H, W, B) float32 with optional band centres (B,) in nm."""
+  """A cube (H, W, B) float32 with optional band centres (B,) in nm.
+
+  Files with georeferencing also fill crs (rasterio CRS), transform (affine.Affine of the pixel grid)
+  and nodata (the file's nodata value; those samples are NaN in the cube); ENVI and GeoTIFF may give
+  fwhm_nm (B,) and band_names. Writers copy these to outputs (data.write_geotiff(like=scene)).
+  """
   cube: np.ndarray
   wavelengths_nm: np.ndarray | None
   name: str
+  crs: Any = None
+  transform: Any = None
+  nodata: float | None = None
+  fwhm_nm: np.ndarray | None = None
+  band_names: tuple[str, ...] | None = None
 
   def __post_init__(self):
     cube = np.asarray(self.cube, dtype=np.float32)
@@ -35,13 +53,20 @@ class HyperspectralScene:
       raise UserInputError(
           f"{self.name}: expected a 3-D (H, W, B) cube, got shape {cube.shape}; reshape it to (H, W, B)")
     object.__setattr__(self, "cube", cube)
-    if self.wavelengths_nm is not None:
-      wl = np.asarray(self.wavelengths_nm, dtype=np.float64).reshape(-1)
-      if wl.shape[0] != cube.shape[2]:
-        raise UserInputError(
-            f"{self.name}: {wl.shape[0]} wavelengths for {cube.shape[2]} bands; "
-            "give one wavelength per band")
-      object.__setattr__(self, "wavelengths_nm", wl)
+    for field in ("wavelengths_nm", "fwhm_nm"):
+      values = getattr(self, field)
+      if values is not None:
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.shape[0] != cube.shape[2]:
+          what = "wavelengths" if field == "wavelengths_nm" else "FWHM values"
+          raise UserInputError(
+              f"{self.name}: {values.shape[0]} {what} for {cube.shape[2]} bands; give one per band")
+        object.__setattr__(self, field, values)
+    if self.band_names is not None:
+      names = tuple(str(n) for n in self.band_names)
+      if len(names) != cube.shape[2]:
+        raise UserInputError(f"{self.name}: {len(names)} band names for {cube.shape[2]} bands")
+      object.__setattr__(self, "band_names", names)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -139,8 +164,71 @@ def _check_path(path) -> pathlib.Path:
   if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
     raise UserInputError(
         f"{path}: unsupported file type '{path.suffix}'; supported: {', '.join(SUPPORTED_EXTENSIONS)} "
-        "(save your array with numpy.save or MATLAB save)")
+        "(save your array with numpy.save or MATLAB save, or export a GeoTIFF or ENVI file)")
   return path
+
+
+def _raster_kind(path: pathlib.Path) -> str | None:
+  """'envi', 'gdal' (GeoTIFF, or e.g. an ERDAS .img without an ENVI header) or None (.npy/.npz/.mat)."""
+  from spectral_diffusion.data import envi  # pylint: disable=g-import-not-at-top
+
+  suffix = path.suffix.lower()
+  if suffix in ARRAY_EXTENSIONS:
+    return None
+  if suffix == ".hdr" or (suffix in ENVI_EXTENSIONS and envi.find_header(path) is not None):
+    return "envi"
+  return "gdal"
+
+
+def _read_raster(path: pathlib.Path, kind: str, key: str | None):
+  """(raw (H, W, B) in the stored dtype, metadata) of an ENVI or GDAL raster."""
+  from spectral_diffusion.data import envi, geo  # pylint: disable=g-import-not-at-top
+
+  if key is not None:
+    raise UserInputError(f"{path}: a raster file holds one cube, so key='{key}' does not apply; drop it")
+  try:
+    return envi.read_envi(path) if kind == "envi" else geo.read_raster(path)
+  except UserInputError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserInputError(
+        f"{path}: could not read the file ({_one_line(e)}); check it is a complete, valid "
+        f"{'ENVI' if kind == 'envi' else 'GeoTIFF'} file and re-export it") from e
+
+
+def _units_factor(centres, units, where) -> float | None:
+  """nm per unit of a wavelength list; None when the values are not wavelengths ('Index', GHz...)."""
+  text = " ".join(str(units or "").lower().split())
+  if text in _UNITS_TO_NM:
+    return _UNITS_TO_NM[text]
+  if text in ("", "unknown"):
+    return 1000.0 if np.nanmax(centres) < 100.0 else 1.0  # micrometres, as ENVI files often store
+  if text != "index":
+    warnings.warn(f"{where}: ignoring the band wavelengths: units '{units}' are not a length")
+  return None
+
+
+def _raster_scene(path: pathlib.Path, raw: np.ndarray, meta: dict, name: str) -> HyperspectralScene:
+  cube = raw.astype(np.float32, copy=False)  # raw is our own copy: no second float32 cube for float32 files
+  nodata = meta["nodata"]
+  per_band = meta.get("nodata_per_band") or (nodata,) * cube.shape[2]
+  for i, value in enumerate(per_band):  # band by band: no (H, W, B) boolean mask
+    if value is not None and not np.isnan(value):
+      cube[..., i][raw[..., i] == value] = np.nan
+  centres, fwhm = meta["wavelengths"], meta["fwhm"]
+  if centres is not None:
+    factor = _units_factor(centres, meta["units"], path)
+    if factor is None:
+      centres = fwhm = None
+    else:
+      centres = centres * factor
+      fwhm = None if fwhm is None else fwhm * factor
+      if not np.all(np.isfinite(centres)) or np.any(centres <= 0):
+        raise UserInputError(f"{path}: the band wavelengths include non-positive or NaN values; fix the "
+                             "file's metadata or pass the centres with --wavelengths")
+  return HyperspectralScene(cube=cube, wavelengths_nm=centres, name=name, crs=meta["crs"],
+                            transform=meta["transform"], nodata=nodata, fwhm_nm=fwhm,
+                            band_names=meta["band_names"])
 
 
 def _pick_key(path: pathlib.Path, entries, key: str | None) -> str:
@@ -190,8 +278,13 @@ def _read(path: pathlib.Path, key: str | None) -> tuple[np.ndarray, _Container |
 
 
 def load_array(path, key: str | None = None) -> np.ndarray:
-  """Reads one numeric array from .npy, .npz or .mat (v5 or v7.3) in its stored dtype."""
-  arr, _ = _read(_check_path(path), key)
+  """Reads one numeric array from .npy, .npz, .mat (v5 or v7.3), ENVI or GeoTIFF in its stored dtype
+  (rasters as (H, W, B), nodata values as stored)."""
+  path = _check_path(path)
+  kind = _raster_kind(path)
+  if kind is not None:
+    return _read_raster(path, kind, key)[0]
+  arr, _ = _read(path, key)
   return arr
 
 
@@ -232,8 +325,19 @@ def _wavelengths(path, container: _Container | None, num_bands: int, key: str | 
 
 def load_scene(path, key: str | None = None, wavelengths_key: str | None = None,
                name: str | None = None) -> HyperspectralScene:
-  """Loads a (H, W, B) cube and, from a .mat/.npz, its band centres in nm."""
+  """Loads a (H, W, B) float32 cube and its band centres in nm (from a .mat/.npz variable, the ENVI
+  header or GeoTIFF metadata). ENVI and GeoTIFF also give FWHM, band names, nodata (as NaN in the
+  cube) and georeferencing; values stay as stored (scale factors are not applied)."""
   path = _check_path(path)
+  kind = _raster_kind(path)
+  if kind is not None:
+    if wavelengths_key is not None:
+      raise UserInputError(f"{path}: wavelengths_key applies to .mat/.npz files; a raster's band "
+                           "centres come from its metadata (or pass them with --wavelengths)")
+    raw, meta = _read_raster(path, kind, key)
+    if kind == "envi" and path.suffix.lower() == ".hdr":
+      path = path.with_suffix("")  # name the scene after the image, not 'X.hdr' -> 'X'
+    return _raster_scene(path, raw, meta, name or path.stem)
   arr, container = _read(path, key)
   if arr.ndim != 3:
     hint = (" (one band, or pixels and bands flattened); reshape it to (H, W, B) and save it as .npy"
@@ -241,6 +345,49 @@ def load_scene(path, key: str | None = None, wavelengths_key: str | None = None,
     raise UserInputError(f"{path}: expected a 3-D (H, W, B) cube, got shape {arr.shape}{hint}")
   wl = _wavelengths(path, container, arr.shape[2], wavelengths_key)
   return HyperspectralScene(cube=arr.astype(np.float32), wavelengths_nm=wl, name=name or path.stem)
+
+
+def is_raster(path) -> bool:
+  """True for ENVI and GeoTIFF files: formats that carry band wavelengths and georeferencing."""
+  return pathlib.Path(path).suffix.lower() in GEOTIFF_EXTENSIONS + ENVI_EXTENSIONS
+
+
+def with_wavelengths(scene: HyperspectralScene, wavelengths_nm, source: str) -> HyperspectralScene:
+  """The scene with its band centres replaced (e.g. by --wavelengths), checked against its bands."""
+  if wavelengths_nm is None:
+    return scene
+  wl = np.asarray(wavelengths_nm, np.float64).reshape(-1)
+  bands = scene.cube.shape[-1]
+  if wl.shape[0] != bands:
+    raise UserInputError(f"{source} has {wl.shape[0]} values for the {bands} bands of {scene.name}; "
+                         "give one centre (nm) per band")
+  return dataclasses.replace(scene, wavelengths_nm=wl)
+
+
+def nodata_pixels(cube, bands: Sequence[int] | None = None) -> np.ndarray:
+  """(H, W) bool: pixels that are NaN in every band (or every one of `bands`): nodata, as the readers
+  mark it."""
+  cube = np.asarray(cube)
+  out = np.ones(cube.shape[:2], bool)
+  if not np.issubdtype(cube.dtype, np.inexact):
+    return ~out
+  for i in range(cube.shape[2]) if bands is None else bands:  # band by band: no (H, W, B) mask
+    out &= np.isnan(cube[..., i])
+  return out
+
+
+def fill_nodata(cube: np.ndarray, pixels: np.ndarray, what: str,
+                bands: Sequence[int] | None = None) -> np.ndarray:
+  """Sets `pixels` (H, W) of a float (H, W, B) array IN PLACE to each band's mean over the other
+  pixels, so a network sees finite, typical values there (their outputs become nodata); returns it."""
+  if pixels.all():
+    raise UserInputError(f"{what}: every pixel is nodata (NaN or the nodata value); nothing to process")
+  if pixels.any():
+    for i in range(cube.shape[2]) if bands is None else bands:
+      valid = cube[..., i][~pixels]
+      valid = valid[np.isfinite(valid)]
+      cube[..., i][pixels] = valid.mean() if valid.size else 0.0
+  return cube
 
 
 def check_finite(cube, what: str) -> None:
