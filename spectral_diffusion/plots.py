@@ -17,7 +17,7 @@ def false_colour(cube, bands, lo=None, hi=None):
   (pass the reference's lo, hi to show other cubes on the same stretch)."""
   rgb = np.asarray(cube)[..., list(bands)].astype(np.float64)
   if lo is None:
-    lo, hi = np.percentile(rgb, 2, axis=(0, 1)), np.percentile(rgb, 98, axis=(0, 1))
+    lo, hi = np.nanpercentile(rgb, 2, axis=(0, 1)), np.nanpercentile(rgb, 98, axis=(0, 1))  # nodata: NaN
   return np.clip((rgb - lo) / np.maximum(hi - lo, 1e-12), 0, 1), lo, hi
 
 

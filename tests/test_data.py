@@ -105,8 +105,8 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_extension(tmp_path):
-  path = tmp_path / "x.tif"
-  path.write_bytes(b"II*\x00")
+  path = tmp_path / "x.bmp"
+  path.write_bytes(b"BM\x00\x00")
   msg = raises_one_line(data.load_scene, path)
   assert ".npy" in msg and ".mat" in msg
 
