@@ -41,7 +41,7 @@ import numpy as np
 
 from spectral_diffusion.errors import UserInputError
 
-SECTIONS = ("samplers", "guidance", "throughput", "bf16", "sharded")
+SECTIONS = ("convs", "samplers", "guidance", "throughput", "bf16", "sharded")
 MEMORY_CASES = ("train", "train_remat", "sample")
 _MEMORY_TAG = "BENCHMARK_MEMORY "
 _T0 = time.perf_counter()
@@ -105,10 +105,11 @@ def flops_of(compiled):
 
 
 def compile_timed(fn, *args):
-  """(compiled, seconds to lower and compile) of jax.jit(fn) on these arguments."""
+  """(compiled, seconds to trace, lower and compile, jaxpr) of jax.jit(fn) on these arguments."""
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  return compiled, time.perf_counter() - t0
+  traced = jax.jit(fn).trace(*args)
+  compiled = traced.lower().compile()
+  return compiled, time.perf_counter() - t0, traced.jaxpr
 
 
 def time_calls(fn, args, repeats):
@@ -124,16 +125,16 @@ def time_calls(fn, args, repeats):
 
 def measure(fn, args, repeats, what):
   """Compile, cost analysis and timing of one program: the record every throughput figure comes from.
-  Returns (record, compiled) so a caller can run the same program again without compiling it again."""
+  Returns (record, compiled, jaxpr): the program runs again without compiling, the jaxpr is inspected."""
   log(f"{what}: compiling")
-  compiled, compile_s = compile_timed(fn, *args)
+  compiled, compile_s, jaxpr = compile_timed(fn, *args)
   flops = flops_of(compiled)
   log(f"{what}: compiled in {compile_s:.1f} s, {flops / 1e9:.3f} GFLOP per call; timing {repeats} calls")
   seconds, times = time_calls(compiled, args, repeats)
   gflops = flops / seconds / 1e9
   log(f"{what}: {seconds:.4f} s per call, {gflops:.1f} GFLOP/s")
   return {"flops": flops, "compile_seconds": compile_s, "seconds": seconds, "times": times,
-          "gflop_per_s": gflops}, compiled
+          "gflop_per_s": gflops}, compiled, jaxpr
 
 
 # ------------------------------------------------------------------------------ attainable throughput
@@ -143,7 +144,7 @@ def matmul_probe(n, repeats):
   """Attainable float32 GFLOP/s of a large (n, n) @ (n, n) product through XLA."""
   a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
-  rec, _ = measure(jnp.matmul, (a, b), repeats, f"attainable: matmul {n}x{n}x{n} float32")
+  rec, _, _ = measure(jnp.matmul, (a, b), repeats, f"attainable: matmul {n}x{n}x{n} float32")
   return {"n": n, "flops_closed_form": 2.0 * n ** 3, **rec}
 
 
@@ -203,10 +204,10 @@ class ConvShape:
     return f"input {self.lhs} kernel {self.rhs} stride {self.strides}"
 
 
-def conv_census(fn, *args):
-  """{ConvShape: number of calls} of fn(*args), and the FLOPs of all its convolutions (closed form)."""
+def conv_census(jaxpr):
+  """{ConvShape: number of calls} in a (Closed)Jaxpr, and the FLOPs of all its convolutions (closed form)."""
   counts = {}
-  for eqn in conv_equations(jax.make_jaxpr(fn)(*args).jaxpr):
+  for eqn in conv_equations(getattr(jaxpr, "jaxpr", jaxpr)):
     p = eqn.params
     shape = ConvShape(tuple(eqn.invars[0].aval.shape), tuple(eqn.invars[1].aval.shape),
                       tuple(p["window_strides"]), tuple(tuple(x) for x in p["padding"]),
@@ -221,9 +222,24 @@ def conv_probe(shape, repeats):
   rhs = jax.random.normal(jax.random.key(4), shape.rhs, jnp.float32)
   conv = functools.partial(jax.lax.conv_general_dilated, window_strides=shape.strides, padding=shape.padding,
                            dimension_numbers=shape.dimension_numbers, feature_group_count=shape.groups)
-  rec, _ = measure(conv, (lhs, rhs), repeats, f"attainable: conv {shape.describe()}")
+  rec, _, _ = measure(conv, (lhs, rhs), repeats, f"attainable: conv {shape.describe()}")
   return {"input_shape": list(shape.lhs), "kernel_shape": list(shape.rhs), "strides": list(shape.strides),
           "flops_closed_form": shape.flops, **rec}
+
+
+def convs_alone(census, repeats, cache):
+  """Every distinct convolution of the network timed alone: the sum over shapes of calls x time is what
+  the network's convolutions cost with nothing else around them, a per-model attainable figure."""
+  rows, seconds, flops = [], 0.0, 0.0
+  for shape, calls in sorted(census.items(), key=lambda kv: -kv[0].flops * kv[1]):
+    if shape not in cache:
+      cache[shape] = conv_probe(shape, repeats)
+    p = cache[shape]
+    seconds += calls * p["seconds"]
+    flops += calls * p["flops"]
+    rows.append({"input_shape": list(shape.lhs), "kernel_shape": list(shape.rhs), "strides": list(shape.strides),
+                 "calls": calls, "seconds": p["seconds"], "gflop_per_s": p["gflop_per_s"]})
+  return {"seconds": seconds, "flops": flops, "gflop_per_s": flops / seconds / 1e9, "shapes": rows}
 
 
 # ---------------------------------------------------------------------------- stages from the config
@@ -447,9 +463,9 @@ def bench_stage(config, stage, opts, attainable, machine):
   eps_fn = eps_function(stage, model, params, inputs, schedule, param)
   x, t = inputs["x"], inputs["t"]
 
-  fwd, fwd_compiled = measure(network_call, (eps_fn, x, t), reps, f"{stage.name}: network call, batch {batch}")
+  fwd, fwd_compiled, fwd_jaxpr = measure(network_call, (eps_fn, x, t), reps, f"{stage.name}: network call, batch {batch}")
   rec["forward"] = fwd
-  census, conv_total = conv_census(network_call, eps_fn, x, t)
+  census, conv_total = conv_census(fwd_jaxpr)
   dominant = max(census, key=lambda s: s.flops * census[s])
   if dominant not in attainable["conv"]:
     attainable["conv"][dominant] = conv_probe(dominant, reps)
@@ -461,6 +477,11 @@ def bench_stage(config, stage, opts, attainable, machine):
   rec["conv_share_of_flops"] = conv_total / fwd["flops"]
   rec["vs_conv_probe"] = fwd["gflop_per_s"] / probe["gflop_per_s"]
   rec["vs_matmul"] = fwd["gflop_per_s"] / attainable["matmul"]["gflop_per_s"]
+  if "convs" in opts["sections"]:
+    c = convs_alone(census, reps, attainable["conv"])
+    rec["convs_alone"] = c
+    rec["vs_convs_alone"] = fwd["gflop_per_s"] / c["gflop_per_s"]
+    rec["convs_alone_share_of_time"] = c["seconds"] / fwd["seconds"]
   call_s = fwd["seconds"]
   loop = samplers._resolve_loop(config.sample.loop)  # the driver decides how warm-up must run
   rng = jax.random.key(7)
@@ -482,7 +503,7 @@ def bench_stage(config, stage, opts, attainable, machine):
 
   if "throughput" in opts["sections"]:
     rec["throughput"] = []
-    for b in opts["batch_sizes"]:
+    for b in sorted(set(opts["batch_sizes"]) | {batch}):
       per_image = call_s / batch
       if per_image * b * (reps + 1) > opts["max_sample_seconds"]:
         rec["throughput"].append({"batch": b, "seconds": per_image * b, "images_per_s": 1.0 / per_image,
@@ -493,7 +514,7 @@ def bench_stage(config, stage, opts, attainable, machine):
         r = fwd
       else:
         ins = {k: jnp.asarray(v) for k, v in random_inputs(stage, b, size, seed=200 + b).items()}
-        r, _ = measure(network_call, (eps_function(stage, model, params, ins, schedule, param), ins["x"],
+        r, _, _ = measure(network_call, (eps_function(stage, model, params, ins, schedule, param), ins["x"],
                                       ins["t"]), reps, f"{stage.name}: network call, batch {b}")
       rec["throughput"].append({"batch": b, "seconds": r["seconds"], "images_per_s": b / r["seconds"],
                                 "gflop_per_s": r["gflop_per_s"], "estimated": False})
@@ -515,7 +536,7 @@ def guidance_costs(config, stage, model, params, inputs, schedule, fwd, opts):
   out = {}
 
   def ratio(name, eps_fn, **extra):
-    r, _ = measure(network_call, (eps_fn, x, t), reps, f"{stage.name}: {name}")
+    r, _, _ = measure(network_call, (eps_fn, x, t), reps, f"{stage.name}: {name}")
     out[name] = {**extra, "seconds": r["seconds"], "flops": r["flops"], "compile_seconds": r["compile_seconds"],
                  "time_ratio": r["seconds"] / fwd["seconds"], "flops_ratio": r["flops"] / fwd["flops"]}
 
@@ -576,7 +597,7 @@ def bf16_figures(config, stage, params, inputs, schedule, fwd, fwd_compiled, eps
   param = config.diffusion.parameterisation
   eps16 = eps_function(stage, model16, params, inputs, schedule, param)
   x, t = inputs["x"], inputs["t"]
-  r, compiled16 = measure(network_call, (eps16, x, t), opts["repeats"], f"{stage.name}: network call bfloat16")
+  r, compiled16, _ = measure(network_call, (eps16, x, t), opts["repeats"], f"{stage.name}: network call bfloat16")
   out32, out16 = np.asarray(fwd_compiled(eps_fn, x, t)), np.asarray(compiled16(eps16, x, t))
   steps = opts["bf16_ddim_steps"]
   log(f"{stage.name}: DDIM-{steps} float32 vs bfloat16 from the same noise")
@@ -610,7 +631,7 @@ def sharded_figures(config, stage, model, params, schedule, opts, loop):
                            ("sharded", sharding.replicated(mesh), sharding.batch_sharded(mesh))):
     ins = {k: jax.device_put(v, b_sh) for k, v in host.items()}
     eps_fn = eps_function(stage, model, jax.device_put(params, p_sh), ins, schedule, param)
-    r, _ = measure(network_call, (eps_fn, ins["x"], ins["t"]), reps,
+    r, _, _ = measure(network_call, (eps_fn, ins["x"], ins["t"]), reps,
                 f"{stage.name}: network call, batch {batch}, {name.replace('_', ' ')}")
     runner = sampler_runner("ddim", eps_fn, schedule, (batch, size, size, stage.out_bands),
                             jax.random.key(7), config, loop)
@@ -809,6 +830,11 @@ def format_report(res):
               f"{100 * s['conv_share_of_flops']:.0f} %); alone {d['probe_gflop_per_s']:.1f} GFLOP/s",
               f"  achieved / attainable: {100 * s['vs_conv_probe']:.0f} % of the conv probe, "
               f"{100 * s['vs_matmul']:.0f} % of the matmul probe"]
+    if "convs_alone" in s:
+      c = s["convs_alone"]
+      lines.append(f"  convs alone    {len(c['shapes'])} shapes timed one by one: {c['seconds'] * 1e3:.1f} ms, "
+                   f"{c['gflop_per_s']:.1f} GFLOP/s; the network reaches {100 * s['vs_convs_alone']:.0f} % of "
+                   f"that rate, its convs alone take {100 * s['convs_alone_share_of_time']:.0f} % of its time")
     for kind, r in s.get("samplers", {}).items():
       lines.append(f"  {r['sampler'] + '-' + str(r['steps']):18s} {r['seconds']:10.2f} s  "
                    f"{'estimated' if r['estimated'] else 'measured '}  overhead {r['overhead']:.3f}  "
