@@ -1,4 +1,6 @@
 """The SCDM U-Net: the official parameter count, shapes, and the layer details that differ from Flax."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,3 +54,31 @@ def test_bfloat16_compute_keeps_float32_parameters():
   ref = models.build_model(config.model, 6).apply({"params": params}, x, t, c)
   assert out.dtype == jnp.float32 and out.shape == (2, 8, 8, 6)
   assert float(jnp.max(jnp.abs(out - ref))) < 0.05 * float(jnp.max(jnp.abs(ref))) + 1e-3
+
+
+def test_conv_gradient_matches_lax_and_is_canonical_inside_scan():
+  # Same gradients as lax.conv_general_dilated (strided, 1x1, SAME), and in a lax.scan whose body takes
+  # the input gradient every compiled convolution reads its kernel as HWIO (XLA:CPU runs other forms
+  # inside loops as a naive loop nest).
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+  dn = ("NHWC", "HWIO", "NHWC")
+  for strides, pad, size in (((2, 2), ((1, 1), (1, 1)), 3), ((1, 1), "SAME", 1)):
+    k = jax.random.normal(jax.random.key(1), (size, size, 5, 7))
+    loss = lambda conv, x, k: jnp.sum(jnp.sin(conv(x, k, strides, pad, dimension_numbers=dn)))
+    want = jax.grad(loss, argnums=(1, 2))(jax.lax.conv_general_dilated, x, k)
+    got = jax.grad(loss, argnums=(1, 2))(layers.conv_general_dilated, x, k)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  block = layers.ResBlock(16, num_groups=4)
+  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 8))
+  params = block.init(jax.random.key(2), x, jnp.zeros((2, 8)))["params"]
+  assert sorted(params) == ["conv0", "conv1", "norm0", "norm1", "shortcut", "temb_proj"]
+
+  def step(x, _):
+    g = jax.grad(lambda z: jnp.sum(block.apply({"params": params}, z, jnp.zeros((2, 8))) ** 2))(x)
+    return x - 0.01 * g, None
+
+  hlo = jax.jit(lambda x: jax.lax.scan(step, x, None, length=2)[0]).lower(x).compile().as_text()
+  kernels = {label.split("_")[1].split("-")[0] for label in re.findall(r"dim_labels=(\S+?),", hlo)}
+  if jax.default_backend() == "cpu":
+    assert kernels == {"01io"}, kernels

@@ -32,7 +32,7 @@ class CAMEncoder(nn.Module):
   def __call__(self, cond, mask):
     h = cond
     for i, width in enumerate((self.channels, 2 * self.channels)):
-      h = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+      h = layers.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                   name=f"conv{i}")(h)
       h = nn.silu(layers.group_norm(self.num_groups, self.dtype, f"norm{i}")(h))
     band_mask = mask if mask.ndim == 2 else jnp.mean(mask, axis=(1, 2))
@@ -107,7 +107,7 @@ class AnyBandUNet(nn.Module):
 
     # The stem sees [x_t, C] and the mask M. A band mask is constant over space, so its share of a 3x3
     # conv is a per-channel bias, Dense(M) (a pixel mask gets the same Dense at every pixel).
-    f = nn.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem")(
+    f = layers.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem")(
         jnp.concatenate([x, cond], axis=-1))
     stem_mask = nn.Dense(self.base_channels, use_bias=False, dtype=self.dtype, name="stem_mask")(mask)
     f = f + (stem_mask[:, None, None, :] if mask.ndim == 2 else stem_mask)
@@ -138,7 +138,7 @@ class AnyBandUNet(nn.Module):
     f = nn.silu(layers.group_norm(self.num_groups, self.dtype, "out_norm")(f))
     # Zero-initialised, as DDPM's conv_out (init_scale 0): an untrained network predicts 0, which with
     # x0-prediction over a regression prior is the prior itself, so training starts from the baseline.
-    out = nn.Conv(self.out_bands, (3, 3), padding=1, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+    out = layers.Conv(self.out_bands, (3, 3), padding=1, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                   name="out_conv")(f)
     return out.astype(jnp.float32)
 

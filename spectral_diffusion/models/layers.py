@@ -4,13 +4,56 @@ Layouts follow the DDPM U-Net that the official SCDM code uses: GroupNorm(32, ep
 the time embedding added to each res block as a per-channel bias, single-head self-attention, and a
 stride-2 3x3 convolution padded (1, 1) on both sides (Flax 'SAME' would pad (0, 1)).
 """
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 GROUPNORM_EPS = 1e-5  # PyTorch's default; Flax's is 1e-6.
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """lax.conv_general_dilated whose gradient w.r.t. the input is a convolution in canonical form.
+
+  JAX's transpose of an NHWC/HWIO convolution convolves with the kernel read as HWOI. XLA:CPU
+  rewrites such convolutions into the fast (Eigen / YNNPACK) form only in the entry computation,
+  so inside a while loop (lax.scan: a sampler with physics guidance) they ran as a naive loop
+  nest, 3-20x slower. Here the backward pass swaps the kernel's I and O axes in memory first, so
+  JAX's transpose comes out HWIO wherever it is compiled. Same values, same parameters.
+  """
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                           feature_group_count=feature_group_count, precision=precision, **kwargs)
+  if feature_group_count != 1 or kwargs.get("batch_group_count", 1) != 1:
+    return conv(lhs, rhs, dimension_numbers=dimension_numbers)
+  dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  o, i = dn.rhs_spec[:2]
+  dn_swapped = jax.lax.ConvDimensionNumbers(dn.lhs_spec, (i, o) + tuple(dn.rhs_spec[2:]), dn.out_spec)
+
+  @jax.custom_vjp
+  def f(x, k):
+    return conv(x, k, dimension_numbers=dn)
+
+  def fwd(x, k):
+    return f(x, k), (x, k)
+
+  def bwd(res, g):
+    x, k = res
+    k_swapped = jnp.swapaxes(k, o, i)  # the same kernel stored with I and O exchanged
+    _, vjp_x = jax.vjp(lambda xx: conv(xx, k_swapped, dimension_numbers=dn_swapped), x)
+    _, vjp_k = jax.vjp(lambda kk: conv(x, kk, dimension_numbers=dn), k)
+    return vjp_x(g)[0], vjp_k(g)[0]
+
+  f.defvjp(fwd, bwd)
+  return f(lhs, rhs)
+
+
+# Every convolution of the U-Nets: nn.Conv with the gradient form above (parameter names unchanged).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def timestep_embedding(t, dim):
@@ -48,13 +91,13 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb, deterministic=True):
     h = nn.silu(group_norm(self.num_groups, self.dtype, "norm0")(x))
-    h = nn.Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype, name="conv0")(h)
+    h = Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype, name="conv0")(h)
     h = h + nn.Dense(self.out_channels, dtype=self.dtype, name="temb_proj")(nn.silu(temb))[:, None, None, :]
     h = nn.silu(group_norm(self.num_groups, self.dtype, "norm1")(h))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = nn.Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype, name="conv1")(h)
+    h = Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype, name="conv1")(h)
     if x.shape[-1] != self.out_channels:
-      x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="shortcut")(x)
+      x = Conv(self.out_channels, (1, 1), dtype=self.dtype, name="shortcut")(x)
     return x + h
 
 
@@ -82,7 +125,7 @@ class Downsample(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return nn.Conv(self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+    return Conv(self.channels, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
 
 
 class Upsample(nn.Module):
@@ -93,4 +136,4 @@ class Upsample(nn.Module):
   def __call__(self, x):
     b, h, w, c = x.shape
     x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-    return nn.Conv(self.channels, (3, 3), padding=1, dtype=self.dtype)(x)
+    return Conv(self.channels, (3, 3), padding=1, dtype=self.dtype)(x)

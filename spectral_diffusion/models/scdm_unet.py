@@ -40,8 +40,8 @@ class SCDMUNet(nn.Module):
     temb = layers.TimeEmbedding(self.base_channels, self.time_embed_dim, self.dtype, name="time_embed")(t)
 
     # Both streams share every encoder module: run them as one batch of 2B.
-    h_x = nn.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem_x")(x)
-    h_c = nn.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem_cond")(cond)
+    h_x = layers.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem_x")(x)
+    h_c = layers.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem_cond")(cond)
     h = jnp.concatenate([h_x, h_c], axis=0)
     temb2 = jnp.concatenate([temb, temb], axis=0)
     skips = [h]
@@ -74,5 +74,5 @@ class SCDMUNet(nn.Module):
         h = layers.Upsample(h.shape[-1], self.dtype, name=f"up_{level}_upsample")(h)
 
     h = nn.silu(layers.group_norm(self.num_groups, self.dtype, "out_norm")(h))
-    out = nn.Conv(self.out_bands, (3, 3), padding=1, dtype=self.dtype, name="out_conv")(h)
+    out = layers.Conv(self.out_bands, (3, 3), padding=1, dtype=self.dtype, name="out_conv")(h)
     return out.astype(jnp.float32)
