@@ -313,7 +313,7 @@ def plan_stages(config):
 
 
 def build(config, stage, dtype=None, remat=None):
-  """The stage's Flax module, optionally with another compute dtype or remat setting."""
+  """The Flax module of a BenchStage, optionally with another compute dtype or remat setting."""
   from spectral_diffusion import models
   model_cfg = config.model.copy_and_resolve_references()
   if dtype is not None:
@@ -662,7 +662,7 @@ def bf16_real_data(config, workdir):
   log(f"bfloat16 on real data: loading {workdir}")
   exp = experiment.load_experiment(cfg)
   bundles = evaluate.load_cascade(cfg, workdir, exp)
-  bundles16 = [dataclasses.replace(b, model=build(cfg, b.stage, dtype="bfloat16")) for b in bundles]
+  bundles16 = [dataclasses.replace(b, model=b.model.clone(dtype=jnp.bfloat16)) for b in bundles]
   schedule = train.make_schedule(cfg.diffusion)
   rgb = exp.test[..., list(exp.rgb_bands)]
   out = {"workdir": os.path.abspath(workdir), "test_shape": list(exp.test.shape),
