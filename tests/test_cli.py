@@ -1,12 +1,19 @@
 """The command line: each bad input gives a one-line error and exit code 2, and destroys nothing."""
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import rasterio
 import scipy.io
+from affine import Affine
+from rasterio.crs import CRS
 
+from conftest import indian_pines
+from spectral_diffusion import data, physics
 from spectral_diffusion import main as cli
+from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM
 
 DEMO = "configs/demo_indian_pines.py"
 
@@ -141,3 +148,169 @@ def test_corrupt_checkpoint_is_reported_and_left_in_place(capsys, trained, tmp_p
   code, err = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={copy}", "--mode=eval")
   assert code == 2 and len(err) == 1 and "corrupt" in err[0]
   assert sorted(p for p, _, _ in os.walk(copy)) == before
+
+
+# Files from the real world: GeoTIFF and ENVI in, GeoTIFF out, nodata, bad files.
+
+WL = np.asarray(INDIAN_PINES_WAVELENGTHS_NM)
+UTM = {"crs": CRS.from_epsg(32616), "transform": Affine(20.0, 0.0, 500000.0, 0.0, -20.0, 4480000.0)}
+
+
+def _geotiff(path, cube, wavelengths=None, nodata=None):
+  """A georeferenced GeoTIFF as a user would bring it (UTM 16N, 20 m pixels)."""
+  data.write_geotiff(path, cube, like=SimpleNamespace(**UTM), wavelengths_nm=wavelengths, nodata=nodata)
+  return path
+
+
+def _read_tif(path):
+  with rasterio.open(path) as ds:
+    return np.moveaxis(ds.read(), 0, -1), ds.profile, [float(ds.tags(i)["wavelength"])
+                                                       for i in range(1, ds.count + 1)]
+
+
+def test_sample_geotiff_in_geotiff_out_with_nodata(capsys, trained, tmp_path):
+  config, workdir = trained
+  cube = scipy.io.loadmat(config.data.path)["cube"][:20, :24].astype(np.float32)
+  cube[:3, :4] = np.nan  # a nodata corner, written as -9999
+  src = _geotiff(tmp_path / "scene.tif", cube, WL, nodata=-9999.0)
+  out = tmp_path / "out" / "cube.tif"
+  code, err = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
+                  f"--input={src}", f"--output={out}")
+  assert code == 0, err
+  result, profile, wavelengths = _read_tif(out)
+  assert profile["crs"] == UTM["crs"] and profile["transform"] == UTM["transform"]
+  assert profile["nodata"] == -9999.0 and result.shape == (20, 24, 200)
+  assert (result[:3, :4] == -9999.0).all()
+  valid = np.ones((20, 24), bool)
+  valid[:3, :4] = False
+  assert np.isfinite(result[valid]).all() and (result[valid] != -9999.0).all()
+  np.testing.assert_allclose(wavelengths, WL)
+  assert (tmp_path / "out" / "cube.png").exists()
+  # The RGB bands were found by wavelength: the same as the trained band indices of a .npy cube.
+  np.save(tmp_path / "scene.npy", cube)
+  code, _ = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
+                f"--input={tmp_path / 'scene.npy'}", f"--output={tmp_path / 'cube.npy'}")
+  assert code == 0
+  from_npy = np.load(tmp_path / "cube.npy")
+  assert np.isnan(from_npy[:3, :4]).all()
+  np.testing.assert_allclose(from_npy[valid], result[valid], rtol=1e-6)
+
+
+def test_sample_geotiff_without_wavelengths_asks_for_them(capsys, trained, tmp_path):
+  config, workdir = trained
+  cube = scipy.io.loadmat(config.data.path)["cube"][:20, :24].astype(np.float32)
+  src = _geotiff(tmp_path / "bare.tif", cube)
+  out = tmp_path / "kept.npy"
+  np.save(out, np.arange(3.0))
+  args = [f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample", f"--input={src}",
+          f"--output={out}"]
+  code, err = run(capsys, *args)
+  assert code == 2 and len(err) == 1 and "--wavelengths=" in err[0] and "--sensor=" in err[0], err
+  np.testing.assert_array_equal(np.load(out), np.arange(3.0))
+  code, err = run(capsys, *args, "--wavelengths=" + ",".join(f"{w:.2f}" for w in WL))
+  assert code == 0, err
+  assert np.load(out).shape == (20, 24, 200)
+
+
+def _envi(path, cube, drop=()):
+  cube.astype("<f4").tofile(path.with_suffix(".img"))  # BIP
+  fields = {"samples": cube.shape[1], "lines": cube.shape[0], "bands": cube.shape[2], "header offset": 0,
+            "data type": 4, "interleave": "bip", "byte order": 0}
+  path.with_suffix(".hdr").write_text("ENVI\n" + "".join(f"{k} = {v}\n" for k, v in fields.items()
+                                                           if k not in drop))
+  return path.with_suffix(".img")
+
+
+@pytest.mark.parametrize("case", ["truncated_img", "garbage_tif", "header_missing_keys", "wrong_output_type"])
+def test_unreadable_inputs_exit_2_and_keep_output(capsys, trained, tmp_path, case):
+  config, workdir = trained
+  cube = scipy.io.loadmat(config.data.path)["cube"][:20, :24, [24, 15, 6]].astype(np.float32)
+  out = tmp_path / "result.npy"
+  np.save(out, np.arange(3.0))
+  if case == "truncated_img":
+    src = _envi(tmp_path / "scene", cube)
+    with open(src, "r+b") as f:
+      f.truncate(100)
+  elif case == "garbage_tif":
+    src = tmp_path / "scene.tif"
+    src.write_bytes(b"II*\x00" + bytes(range(256)) * 8)
+  elif case == "header_missing_keys":
+    src = _envi(tmp_path / "scene", cube, drop=("lines", "data type"))
+  else:
+    src = _envi(tmp_path / "scene", cube)
+    out = tmp_path / "result.png"
+    out.write_bytes(b"earlier")
+  code, err = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
+                  f"--input={src}", f"--output={out}")
+  assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err
+  expected = {"truncated_img": "truncated", "garbage_tif": "scene.tif", "header_missing_keys": "'lines'",
+              "wrong_output_type": ".tif"}[case]
+  assert expected in err[0]
+  if case == "wrong_output_type":
+    assert out.read_bytes() == b"earlier"
+  else:
+    np.testing.assert_array_equal(np.load(out), np.arange(3.0))
+  # A header that is fine reads: the same ENVI file with all its keys runs.
+  if case == "header_missing_keys":
+    src = _envi(tmp_path / "scene", cube)
+    code, err = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
+                    f"--input={src}", f"--output={out}")
+    assert code == 0 and np.load(out).shape == (20, 24, 200), err
+
+
+@pytest.fixture(scope="module")
+def anyband_model(tmp_path_factory, crop_file):
+  """(argv, workdir) of the tiny AnyBand model of test_anyband, trained only (no evaluation)."""
+  from spectral_diffusion import anyband
+  from test_anyband import _config, _flags
+  config = _config(crop_file)
+  workdir = tmp_path_factory.mktemp("anyband_io")
+  anyband.train_variant(config, str(workdir), anyband.load_data(config), "anyband")
+  argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={workdir}", *_flags(config),
+          "--config.physics.guidance_scale=0.0", "--mode=repair"]
+  return argv, workdir
+
+
+def test_repair_geotiff_keeps_georeferencing_nodata_and_observed_bands(anyband_model, capsys, tmp_path):
+  argv, _ = anyband_model
+  cube = indian_pines()[60:76, 30:50].copy()
+  missing = [3, 50, 51, 52, 120]
+  cube[..., missing] = np.nan
+  cube[:2, :3] = np.nan  # nodata pixels
+  src = _geotiff(tmp_path / "scene.tif", cube, WL, nodata=-9999.0)
+  out = tmp_path / "repaired.tif"
+  assert cli.main(argv + [f"--input={src}", f"--output={out}"]) == 0, capsys.readouterr().err
+  result, profile, wavelengths = _read_tif(out)
+  assert profile["crs"] == UTM["crs"] and profile["transform"] == UTM["transform"]
+  np.testing.assert_allclose(wavelengths, WL)
+  assert profile["nodata"] == -9999.0 and (result[:2, :3] == -9999.0).all()
+  valid = ~data.nodata_pixels(cube)
+  observed = [b for b in range(200) if b not in missing]
+  np.testing.assert_array_equal(result[valid][:, observed], cube[valid][:, observed])
+  assert np.isfinite(result[valid]).all() and (result[valid] != -9999.0).all()
+  back = data.load_scene(out)  # our reader: nodata -> NaN
+  assert np.isnan(back.cube[:2, :3]).all() and back.crs == UTM["crs"]
+
+
+def test_repair_checks_the_wavelength_grid(anyband_model, capsys, tmp_path):
+  argv, _ = anyband_model
+  cube = indian_pines()[60:76, 30:50].copy()
+  cube[..., [10, 11]] = np.nan
+  src = _geotiff(tmp_path / "bare.tif", cube)  # no wavelength metadata
+  out = tmp_path / "out.tif"
+  assert cli.main(argv + [f"--input={src}", f"--output={out}"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "--wavelengths=" in err and "--sensor=" in err
+  assert not out.exists()
+  shifted = ",".join(f"{w + 5:.2f}" for w in WL)
+  assert cli.main(argv + [f"--input={src}", f"--output={out}", f"--wavelengths={shifted}"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "nm apart" in err and not out.exists()
+  given = ",".join(f"{w:.3f}" for w in WL)
+  assert cli.main(argv + [f"--input={src}", f"--output={out}", f"--wavelengths={given}"]) == 0
+  assert data.load_scene(out).cube.shape == (16, 20, 200)
+  # A sensor's bands need no wavelengths: the sensor names them.
+  l8 = physics.simulate(indian_pines()[60:76, 30:50], physics.sensor_on_grid("landsat8_oli", WL))
+  src = _geotiff(tmp_path / "l8.tif", np.asarray(l8, np.float32))
+  assert cli.main(argv + [f"--input={src}", "--sensor=landsat8_oli", f"--output={tmp_path / 'l8.npy'}"]) == 0
+  assert np.load(tmp_path / "l8.npy").shape == (16, 20, 200)
