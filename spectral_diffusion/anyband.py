@@ -364,10 +364,10 @@ def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_step
   """Samples full cubes for a batch of tiles (n, h, w, N) in normalised units with band mask (N,)."""
   n = x_obs.shape[0]
   m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (n, mask.shape[-1]))
-  x_obs = jnp.asarray(x_obs, jnp.float32)
+  params, x_obs, m = sharding.shard_for_sampling(bundle.params, jnp.asarray(x_obs, jnp.float32), m)
   space = bundle.space
   ref = space.reference(x_obs, m)
-  eps_fn = jax.tree_util.Partial(Denoiser(bundle.model, bundle.parameterisation), bundle.params,
+  eps_fn = jax.tree_util.Partial(Denoiser(bundle.model, bundle.parameterisation), params,
                                  space.condition(x_obs, m, ref), m, schedule)
   scale = float(config.physics.guidance_scale) if pgs else 0.0
   if scale:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_diffusion import baselines, data, guidance, losses, samplers
+from spectral_diffusion import baselines, data, guidance, losses, samplers, sharding
 from spectral_diffusion.errors import UserInputError
 
 
@@ -146,7 +146,8 @@ def sample_stage(bundle, schedule, cond, rng, sample_cfg):
                            p_start, sample_cfg.pdt_target)
   reference = bundle.space.reference(cond)
   net_cond = jnp.asarray(bundle.space.network_condition(cond, reference))
-  eps_fn = jax.tree_util.Partial(denoiser, bundle.params, net_cond, schedule)
+  params, net_cond = sharding.shard_for_sampling(bundle.params, net_cond)
+  eps_fn = jax.tree_util.Partial(denoiser, params, net_cond, schedule)
   x_transform = None
   if sample_cfg.pdt_target == "state" and p_start < 1.0:
     x_transform = jax.tree_util.Partial(pdt_state_transform, jnp.float32(p_start), schedule.num_timesteps)

@@ -44,3 +44,19 @@ def put_global_batch(x, mesh):
   per_process = x.shape[0] // jax.process_count()
   local = x[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
   return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+
+def local_data_mesh():
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def shard_for_sampling(params, *batches):
+  """Parameters replicated and the tile batches split over this host's devices, so a sampler's compiled
+  steps run data-parallel (computation follows its inputs' shardings). Each host samples its own tiles;
+  a batch that does not divide over the devices stays on one device. Returns (params, *batches)."""
+  mesh = local_data_mesh()
+  n = mesh.devices.size
+  if n == 1 or batches[0].shape[0] % n:
+    return (params, *batches)
+  return (jax.device_put(params, replicated(mesh)),
+          *(jax.device_put(b, batch_sharded(mesh)) for b in batches))
