@@ -184,3 +184,25 @@ def test_physics_guidance_rejects_unknown_jacobian():
   with pytest.raises(ValueError, match="jacobian"):
     guidance.physics_guidance(lambda x, t: x, lambda x0: x0.sum(), schedules.linear(10), 1.0,
                               jacobian="none")
+
+
+def test_guidance_loss_rtm_term_is_a_squared_distance_to_the_projection():
+  # Value: the emulator's manifold loss; gradient: that of 0.5 w |x - Phi(x)|^2 / n with Phi(x) held
+  # fixed (the squared-distance gradient), so the emulator itself is never differentiated.
+  from spectral_diffusion import anyband
+  from spectral_diffusion.physics import rtm
+  wl = rtm.grid_wavelengths("indian_pines")
+  em = rtm.load_emulator(wl)
+  phys = anyband.Physics(0.0, 1.0, 1.0, em, tuple(float(w) for w in wl))
+  space = anyband.ModelSpace(None, 2.0, False)
+  n = len(wl)
+  ref = 0.2 + 0.05 * jax.random.uniform(jax.random.key(0), (2, 3, 3, n))
+  y = 0.1 * _normal(11, (2, 3, 3, n))
+  loss = anyband.GuidanceLoss((0.0, 0.0, 0.5), (0.0, 1.0), (0, 0, 0))
+  value = lambda y: loss(phys, space, ref, ref, jnp.ones((2, n)), y)
+  refl = np.asarray(y / 2.0 + ref, np.float64)
+  proj = np.asarray(em.project(jnp.asarray(refl, jnp.float32)), np.float64)
+  np.testing.assert_allclose(value(y), 0.5 * np.mean((refl - proj) ** 2, axis=(1, 2, 3)), rtol=1e-4)
+  grad = jax.grad(lambda y: jnp.sum(value(y)))(y)
+  want = 0.5 * 2.0 * (refl - proj) / (3 * 3 * n) / 2.0  # d refl / d y = 1 / target_scale
+  np.testing.assert_allclose(grad, want, rtol=1e-3, atol=1e-9)
