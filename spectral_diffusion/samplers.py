@@ -64,6 +64,9 @@ def _as_pytree(fn):
   return jax.tree_util.Partial(fn)
 
 
+_PADDED_STEPS = 1024  # the python loop's constants length (more when num_steps is larger)
+
+
 def _start(x_T: jax.Array, carry: bool):
   """The loop state: x_T, or (x_T, zeros) when the step also carries an array (a multistep history)."""
   return (x_T, jnp.zeros_like(x_T)) if carry else x_T
@@ -93,6 +96,9 @@ def _drive(step, eps_fn, x_transform, shape, rng, consts, num_steps: int, loop: 
   eps_fn, x_transform = _as_pytree(eps_fn), _as_pytree(x_transform)
   if _resolve_loop(loop) == "scan":
     return _scan_run(step, eps_fn, x_transform, init_rng, consts, shape, num_steps, carry)
+  # Per-step constants padded to one length, so one compiled step serves every step count.
+  size = max(num_steps, _PADDED_STEPS)
+  consts = {k: v if k == "rng" else jnp.pad(v, (0, size - num_steps)) for k, v in consts.items()}
   state = _start(_init(init_rng, shape), carry)
   for i in range(num_steps):
     state = _one_step(step, state, jnp.asarray(i, jnp.int32), consts, eps_fn, x_transform, shape)

@@ -336,3 +336,18 @@ def test_config_dispatch_names_the_samplers(sched):
     bad = ml_collections.ConfigDict(cfg.to_dict())
     bad[field] = value
     raises_one_line(cascade.run_sampler, bad, eps_fn, sched, (2, 1, 1, 2), rng, match=match)
+
+
+def test_python_loop_compiles_one_step_for_every_step_count():
+  traces = []
+
+  def eps_fn(x, t):
+    traces.append(1)
+    return 0.1 * x
+
+  eps_fn = jax.tree_util.Partial(eps_fn)
+  schedule = schedules.linear(50)
+  for n in (3, 7, 50):
+    samplers.dpm_solver_pp(eps_fn, schedule, (2, 3), jax.random.key(0), num_steps=n, loop="python")
+  samplers.ddpm(eps_fn, schedule, (2, 3), jax.random.key(0), loop="python")
+  assert len(traces) == 2  # one step function each
