@@ -318,9 +318,7 @@ def _wavelengths(path, container: _Container | None, num_bands: int, key: str | 
         f"{path}: '{keys[0]}' has {wl.shape[0]} values for {num_bands} bands; pass the right wavelengths_key")
   if not np.all(np.isfinite(wl)) or np.any(wl <= 0):
     raise UserInputError(f"{path}: '{keys[0]}' has non-positive or NaN wavelengths; fix the file")
-  if wl.max() < 100.0:
-    wl = wl * 1000.0  # stored in micrometres (as USGS and ENVI often do)
-  return wl
+  return wl * _units_factor(wl, None, path)  # no units stored: micrometres when all are below 100
 
 
 def load_scene(path, key: str | None = None, wavelengths_key: str | None = None,
