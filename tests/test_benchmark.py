@@ -220,6 +220,7 @@ def test_memory_case_reports_peak_and_xla_plan(tmp_path):
   # --memory.
   rec = benchmark.memory_case(config, "sample", 8)
   assert rec["icmg_scale"] == 0.0 and rec["size"] == 8 and rec["stage"] == "stage 1: 3 -> 12 bands"
+  assert rec["memory_scheduler"] == (benchmark.CPU_MEMORY_SCHEDULER in os.environ.get("XLA_FLAGS", ""))
   assert rec["peak_rss_bytes"] >= rec["baseline_rss_bytes"] > 0
   assert set(rec["xla_bytes"]) == {"argument", "output", "temp"} and rec["flops"] > 0
   raises_one_line(benchmark.memory_case, config, "nope", 8, match="train_remat")
