@@ -210,6 +210,13 @@ def test_sample_geotiff_without_wavelengths_asks_for_them(capsys, trained, tmp_p
   code, err = run(capsys, *args, "--wavelengths=" + ",".join(f"{w:.2f}" for w in WL))
   assert code == 0, err
   assert np.load(out).shape == (20, 24, 200)
+  # A sensor's bands: the RGB bands are those of its band centres nearest the cascade's RGB bands.
+  s2 = physics.sensor_on_grid("sentinel2a_msi", WL)
+  src = _geotiff(tmp_path / "s2.tif", np.asarray(physics.simulate(cube, s2), np.float32))
+  code, err = run(capsys, *args[:-2], f"--input={src}", "--sensor=sentinel2a_msi",
+                  f"--output={tmp_path / 's2.npy'}")
+  assert code == 0, err
+  assert np.load(tmp_path / "s2.npy").shape == (20, 24, 200)
 
 
 def _envi(path, cube, drop=()):
