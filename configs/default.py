@@ -83,7 +83,7 @@ def get_config():
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"          # ddim | dpm_solver_pp | ddpm
-  c.sample.num_steps = 50            # network calls of ddim / dpm_solver_pp; ddpm takes all num_timesteps
+  c.sample.num_steps = 10            # network calls of ddim / dpm_solver_pp (DDIM 10 was best on the demo, README); ddpm takes all T
   c.sample.spacing = "logsnr"        # dpm_solver_pp timesteps: logsnr | time_uniform (see samplers)
   c.sample.eta = 0.0                 # ddim only
   c.sample.ddpm_variance = "beta"    # beta (official code) | posterior
