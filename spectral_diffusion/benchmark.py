@@ -146,10 +146,14 @@ def measure(fn, args, repeats, what):
 # ------------------------------------------------------------------------------ attainable throughput
 
 
+def _normal(shape, seed):
+  """Random operands from numpy: jax.random would compile a new program for every shape."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
 def matmul_probe(n, repeats):
   """Attainable float32 GFLOP/s of a large (n, n) @ (n, n) product through XLA."""
-  a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+  a, b = _normal((n, n), 1), _normal((n, n), 2)
   rec, _, _ = measure(jnp.matmul, (a, b), repeats, f"attainable: matmul {n}x{n}x{n} float32")
   return {"n": n, "flops_closed_form": 2.0 * n ** 3, **rec}
 
@@ -224,8 +228,7 @@ def conv_census(jaxpr):
 
 def conv_probe(shape, repeats):
   """Attainable GFLOP/s of one convolution of this shape alone (random float32 operands)."""
-  lhs = jax.random.normal(jax.random.key(3), shape.lhs, jnp.float32)
-  rhs = jax.random.normal(jax.random.key(4), shape.rhs, jnp.float32)
+  lhs, rhs = _normal(shape.lhs, 3), _normal(shape.rhs, 4)
   conv = functools.partial(jax.lax.conv_general_dilated, window_strides=shape.strides, padding=shape.padding,
                            dimension_numbers=shape.dimension_numbers, feature_group_count=shape.groups)
   rec, _, _ = measure(conv, (lhs, rhs), repeats, f"attainable: conv {shape.describe()}")
@@ -453,7 +456,7 @@ def time_sampler(name, runner, steps, call_seconds, budget_s, probe_steps):
 # ---------------------------------------------------------------------------------------- one stage
 
 
-def bench_stage(config, stage, opts, attainable, machine):
+def bench_stage(config, stage, opts, attainable):
   """Every per-stage figure; `attainable` caches conv probes by shape across stages."""
   from spectral_diffusion import samplers, train
   schedule = train.make_schedule(config.diffusion)
@@ -469,7 +472,8 @@ def bench_stage(config, stage, opts, attainable, machine):
   eps_fn = eps_function(stage, model, params, inputs, schedule, param)
   x, t = inputs["x"], inputs["t"]
 
-  fwd, fwd_compiled, fwd_jaxpr = measure(network_call, (eps_fn, x, t), reps, f"{stage.name}: network call, batch {batch}")
+  fwd, fwd_compiled, fwd_jaxpr = measure(network_call, (eps_fn, x, t), reps,
+                                         f"{stage.name}: network call, batch {batch}")
   rec["forward"] = fwd
   census, conv_total = conv_census(fwd_jaxpr)
   dominant = max(census, key=lambda s: s.flops * census[s])
@@ -728,9 +732,11 @@ def memory_case(config, case, size):
     rec.update(icmg_scale=stage.icmg_scale, pdt_p_start=stage.pdt_p_start)
     args = (eps_fn, jnp.asarray(host["x"]), jnp.asarray(host["t"]))
     fn = jax.jit(network_call)
+  log(f"memory: {case}, {stage.name}, {size}x{size}: compiling")
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   rec["compile_seconds"] = time.perf_counter() - t0
+  log(f"memory: {case}: compiled in {rec['compile_seconds']:.0f} s; running once")
   mem = compiled.memory_analysis()
   if mem is not None:
     rec["xla_bytes"] = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp")}
@@ -813,7 +819,7 @@ def run(config, opts, config_argv=()):
             "options": {k: v for k, v in opts.items() if k != "config_path"}}
   attainable = {"matmul": matmul_probe(opts["matmul_size"], opts["repeats"]), "conv": {}}
   result["attainable_matmul"] = attainable["matmul"]
-  result["stages"] = [bench_stage(config, s, opts, attainable, machine) for s in stages]
+  result["stages"] = [bench_stage(config, s, opts, attainable) for s in stages]
   if opts.get("workdir"):
     result["bfloat16_real_data"] = bf16_real_data(config, opts["workdir"])
   if opts.get("memory"):
