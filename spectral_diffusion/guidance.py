@@ -97,6 +97,11 @@ def physics_guidance(eps_fn: EpsFn, loss_fn: LossFn,
 
   eps_tilde = eps - s sqrt(1 - abar_t) grad_{x_t} L(x0_hat(x_t, eps_fn(x_t, t))).
 
+  This is the paper's formula as printed. Since x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar),
+  it moves x0_hat along +grad L: a positive s INCREASES the loss (classifier guidance has the other
+  sign). To pull samples towards a small loss pass a negative scale, as anyband.PhysicsGuided does
+  for physics.guidance_scale > 0.
+
   jacobian="network" (the paper's PGS, the default) takes the gradient through
   eps_fn: one forward and one backward pass of the network per call (a backward
   costs about two forwards), and the returned eps comes from the same forward.
