@@ -28,6 +28,7 @@ import inspect
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -629,6 +630,14 @@ def differences(a, b):
           "relative_mean": float(d.mean() / scale) if scale else float("nan")}
 
 
+def collectives(compiled):
+  """{op: count} of cross-device collectives in a compiled program (a batch-parallel call needs none)."""
+  text = compiled.as_text()
+  found = {op: len(re.findall(rf"\b{op}(?:-start)?\(", text))
+           for op in ("all-to-all", "all-gather", "all-reduce", "collective-permute", "reduce-scatter")}
+  return {op: n for op, n in found.items() if n}
+
+
 def sharded_figures(config, stage, model, params, schedule, opts, loop):
   """The network call and a probe_steps DDIM run with the batch split over every device (parameters
   replicated), against the same global batch on one device."""
@@ -643,14 +652,14 @@ def sharded_figures(config, stage, model, params, schedule, opts, loop):
                            ("sharded", sharding.replicated(mesh), sharding.batch_sharded(mesh))):
     ins = {k: jax.device_put(v, b_sh) for k, v in host.items()}
     eps_fn = eps_function(stage, model, jax.device_put(params, p_sh), ins, schedule, param)
-    r, _, _ = measure(network_call, (eps_fn, ins["x"], ins["t"]), reps,
-                f"{stage.name}: network call, batch {batch}, {name.replace('_', ' ')}")
+    r, compiled, _ = measure(network_call, (eps_fn, ins["x"], ins["t"]), reps,
+                             f"{stage.name}: network call, batch {batch}, {name.replace('_', ' ')}")
     runner = sampler_runner("ddim", eps_fn, schedule, (batch, size, size, stage.out_bands),
                             jax.random.key(7), config, loop)
     s = time_sampler(f"{stage.name}: ddim-{opts['ddim_steps']} {name.replace('_', ' ')}", runner,
                      opts["ddim_steps"], r["seconds"], opts["max_sample_seconds"], opts["probe_steps"])
     out[name] = {"seconds": r["seconds"], "images_per_s": batch / r["seconds"], "flops": r["flops"],
-                 "ddim": s}
+                 "collectives": collectives(compiled), "ddim": s}
   one, sh = out["one_device"], out["sharded"]
   # XLA's cost analysis of an SPMD program counts one partition; the global work is the one-device count.
   sh["gflop_per_s"] = one["flops"] / sh["seconds"] / 1e9
@@ -888,7 +897,8 @@ def format_report(res):
                    f"{sh['sharded']['images_per_s']:.3g} images/s vs {sh['one_device']['images_per_s']:.3g} on one "
                    f"(x{sh['speedup']:.2f}); DDIM step {sh['sharded']['ddim']['step_seconds'] * 1e3:.1f} ms vs "
                    f"{sh['one_device']['ddim']['step_seconds'] * 1e3:.1f} ms, overhead "
-                   f"{sh['sharded']['ddim']['overhead']:.3f}")
+                   f"{sh['sharded']['ddim']['overhead']:.3f}; collectives per call "
+                   f"{sh['sharded']['collectives'] or 'none'}")
   if "bfloat16_real_data" in res:
     r = res["bfloat16_real_data"]
     lines += ["", f"bfloat16 on real data ({r['workdir']}, test {tuple(r['test_shape'])}, {r['sampler']}): "

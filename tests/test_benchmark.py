@@ -156,6 +156,8 @@ def test_cli_sharded_over_two_devices_writes_json(tmp_path):
   sh = res["stages"][0]["sharded"]
   assert sh["devices"] == 2 and sh["batch"] == 2
   assert sh["speedup"] == pytest.approx(sh["one_device"]["seconds"] / sh["sharded"]["seconds"])
+  # Each device holds whole samples, both encoder streams included: no data moves between devices.
+  assert sh["sharded"]["collectives"] == {}
   assert "sharded over 2 devices" in proc.stdout and "[benchmark" in proc.stderr
 
 

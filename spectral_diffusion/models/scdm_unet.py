@@ -39,11 +39,13 @@ class SCDMUNet(nn.Module):
     cond = cond.astype(self.dtype)
     temb = layers.TimeEmbedding(self.base_channels, self.time_embed_dim, self.dtype, name="time_embed")(t)
 
-    # Both streams share every encoder module: run them as one batch of 2B.
+    # Both streams share every encoder module: run them as one batch of 2B, interleaved (x_0, c_0, x_1,
+    # c_1, ...) so that a batch split over devices keeps each sample's two streams on its own device
+    # ([x; c] along the batch made XLA move halves between devices: all-to-all in every call).
     h_x = layers.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem_x")(x)
     h_c = layers.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name="stem_cond")(cond)
-    h = jnp.concatenate([h_x, h_c], axis=0)
-    temb2 = jnp.concatenate([temb, temb], axis=0)
+    h = jnp.stack([h_x, h_c], axis=1).reshape((2 * batch,) + h_x.shape[1:])
+    temb2 = jnp.repeat(temb, 2, axis=0)
     skips = [h]
     for level, mult in enumerate(self.channel_mults):
       for i in range(self.num_res_blocks):
@@ -56,7 +58,7 @@ class SCDMUNet(nn.Module):
         h = layers.Downsample(h.shape[-1], self.dtype, name=f"down_{level}_downsample")(h)
         skips.append(h)
 
-    h = h[:batch]  # the middle and the decoder work on the noisy stream only
+    h = _streams(h)[0]  # the middle and the decoder work on the noisy stream only
     ch = h.shape[-1]
     h = res_block(ch, self.dropout, self.num_groups, self.dtype, name="mid_res_0")(h, temb, not train)
     h = layers.AttnBlock(self.num_groups, self.dtype, name="mid_attn")(h)
@@ -64,8 +66,8 @@ class SCDMUNet(nn.Module):
 
     for level, mult in reversed(list(enumerate(self.channel_mults))):
       for i in range(self.num_res_blocks + 1):
-        skip = skips.pop()
-        h = jnp.concatenate([h, skip[:batch], skip[batch:]], axis=-1)
+        skip_x, skip_c = _streams(skips.pop())
+        h = jnp.concatenate([h, skip_x, skip_c], axis=-1)
         h = res_block(self.base_channels * mult, self.dropout, self.num_groups, self.dtype,
                       name=f"up_{level}_res_{i}")(h, temb, not train)
         if level in self.attn_levels:
@@ -76,3 +78,9 @@ class SCDMUNet(nn.Module):
     h = nn.silu(layers.group_norm(self.num_groups, self.dtype, "out_norm")(h))
     out = layers.Conv(self.out_bands, (3, 3), padding=1, dtype=self.dtype, name="out_conv")(h)
     return out.astype(jnp.float32)
+
+
+def _streams(h):
+  """The noisy and the condition stream of an interleaved encoder batch (2B, ...)."""
+  pairs = h.reshape((h.shape[0] // 2, 2) + h.shape[1:])
+  return pairs[:, 0], pairs[:, 1]
