@@ -7,9 +7,9 @@
 Per stage: parameters; FLOPs of one network call (XLA's cost analysis); compile time; call time (median
 of --repeats after a warm-up call) and GFLOP/s; in the same run the attainable GFLOP/s of this machine
 through XLA (a float32 matrix product and the model's dominant convolution alone) and the ratios;
-full-sample time of DDPM (all T steps), DDIM-50 and the fastest solver (DPM-Solver++(2M) when samplers
-has it) with the sampler overhead = sample time / (steps x network-call time); the cost of ICMG, PDT and
-physics guidance per network call relative to an unguided call; images/s at several batch sizes;
+full-sample time of DDPM (all T steps), DDIM-50 and the fastest solver (DPM-Solver++(2M)) with the
+sampler overhead = sample time / (steps x network-call time); the cost of ICMG, PDT and physics guidance
+per network call relative to an unguided call; images/s at several batch sizes;
 bfloat16 compute (float32 parameters) against float32: speed and output differences; with --devices=N
 (CPU devices), the figures sharded over N. --memory adds peak resident memory of one training step of
 the last stage with and without remat (jax.checkpoint of the res blocks; on CPU also under XLA's
@@ -24,7 +24,6 @@ This module touches no JAX device at import (nor do its imports), so --devices c
 """
 import dataclasses
 import functools
-import inspect
 import json
 import os
 import platform
@@ -396,13 +395,6 @@ def network_call(eps_fn, x, t):
 # ------------------------------------------------------------------------------------------ samplers
 
 
-def fastest_solver():
-  """(name, sampler) of the fastest solver samplers offers: DPM-Solver++(2M) when present, else DDIM."""
-  from spectral_diffusion import samplers
-  fn = getattr(samplers, "dpm_solver_pp", None)
-  return ("dpm_solver_pp", fn) if fn is not None else ("ddim", samplers.ddim)
-
-
 def sampler_runner(kind, eps_fn, schedule, shape, rng, config, loop):
   """steps -> a zero-argument run of sampler `kind` with that many network calls. DDPM with fewer steps
   than T runs on a shorter schedule of the same betas range: the same step program, for the step time."""
@@ -413,13 +405,10 @@ def sampler_runner(kind, eps_fn, schedule, shape, rng, config, loop):
       sched = schedule if steps == schedule.num_timesteps else schedules.linear(steps, dc.beta_start, dc.beta_end)
       return lambda: samplers.ddpm(eps_fn, sched, shape, rng, variance=sc.ddpm_variance, loop=loop)
     return run
-  fn = samplers.ddim if kind == "ddim" else fastest_solver()[1]
-  kwargs = {"loop": loop}
-  params = inspect.signature(fn).parameters
   if kind == "ddim":
-    kwargs["eta"] = sc.eta
-  elif "spacing" in params and "spacing" in sc:
-    kwargs["spacing"] = sc.spacing
+    fn, kwargs = samplers.ddim, {"loop": loop, "eta": sc.eta}
+  else:
+    fn, kwargs = samplers.dpm_solver_pp, {"loop": loop, "spacing": sc.spacing}
   return lambda steps: (lambda: fn(eps_fn, schedule, shape, rng, num_steps=steps, **kwargs))
 
 
@@ -499,7 +488,7 @@ def bench_stage(config, stage, opts, attainable):
   shape = tuple(x.shape)
 
   if "samplers" in opts["sections"]:
-    fast_name, _ = fastest_solver()
+    fast_name = "dpm_solver_pp"
     runs = [("ddpm", schedule.num_timesteps), ("ddim", opts["ddim_steps"]), ("fast", opts["fast_steps"])]
     rec["samplers"] = {}
     for kind, steps in runs:

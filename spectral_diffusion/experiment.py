@@ -11,21 +11,6 @@ from spectral_diffusion.errors import UserInputError
 PRIOR_DEGREES = {"ridge": 1, "ridge_poly2": 2}
 
 
-@dataclasses.dataclass
-class Experiment:
-  name: str
-  wavelengths_nm: np.ndarray | None
-  normaliser: object             # data.MinMax | data.Affine, fit on the training split
-  train: np.ndarray              # (H, W, N) normalised, or a stack of patches (P, h, w, N) (data.source=tfds)
-  test: np.ndarray
-  rgb_bands: tuple
-  stages: list                   # cascade.Stage
-
-  @property
-  def num_bands(self):
-    return self.train.shape[-1]
-
-
 def load_raw_scene(cfg):
   """The config's scene, raw values; data.wavelengths (nm), when given, replaces the file's."""
   scene = _read_scene(cfg)
@@ -83,6 +68,13 @@ class Split:
   @property
   def num_bands(self):
     return self.train.shape[-1]
+
+
+@dataclasses.dataclass
+class Experiment(Split):
+  """The SCDM experiment: the split data and the cascade plan."""
+  rgb_bands: tuple
+  stages: list                   # cascade.Stage
 
 
 def load_split(config):
