@@ -95,6 +95,10 @@ def get_config():
   c.sample.tile_overlap = 16
   c.sample.batch_size = 8            # tiles per network call
   c.sample.loop = "auto"             # auto | scan | python (see samplers)
+  c.sample.program = "auto"          # compiled: each tile batch is one compiled program (gathering,
+                                     # every stage and step, blending) | python: stage by stage over the
+                                     # whole image on the host (the figures in the README) | auto:
+                                     # python on CPU, compiled elsewhere (see pipelines)
 
   # AnyBand-Diff (method=anyband): dual stochastic masking, physical losses, physics-guided sampling.
   c.masking = ml_collections.ConfigDict()

@@ -15,10 +15,11 @@ import os
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from spectral_diffusion import baselines, cascade, data, experiment, guidance, losses, models, physics
-from spectral_diffusion import schedules, sharding, train
+from spectral_diffusion import baselines, cascade, checkpoints, data, experiment, guidance, losses, models
+from spectral_diffusion import physics, sampling, schedules, sharding, train
 from spectral_diffusion.data import masking
 from spectral_diffusion.errors import UserInputError
 
@@ -219,7 +220,7 @@ def metadata(config, d, space, variant):
       "normaliser": d.normaliser.to_dict(), "target_scale": space.target_scale,
       "gaussian": {k: np.asarray(v).tolist() for k, v in d.gaussian._asdict().items()},
       "sensors": [s.name for s in d.library], "crop_size": config.data.crop_size,
-      **train.model_settings(config),
+      **train.model_settings(config), "config": train.config_dict(config),
   }
 
 
@@ -293,18 +294,20 @@ class Bundle:
 
 
 def load_model(config, workdir, variant="anyband"):
+  """A trained model of the experiment (EMA parameters, no optimizer), checked against the config."""
   directory = model_dir(workdir, variant)
-  manager, step, meta = train.open_checkpoint(config, directory, f"the {variant} model")
-  n = meta["num_bands"]
-  model = models.build_model(config.model, n)
+  params, meta = checkpoints.load(directory, f"the {variant} model")
+  train.check_metadata(meta, train.model_settings(config), directory)
+  return bundle_from_checkpoint(params, meta, check_config(config))
+
+
+def bundle_from_checkpoint(params, meta, prior):
+  """A Bundle from EMA parameters and checkpoint metadata; prior is diffusion.prior (none | ridge)."""
+  model = models.build_model(ml_collections.ConfigDict(meta["model"]), meta["num_bands"])
   gaussian = baselines.BandGaussian(*(jnp.asarray(meta["gaussian"][k], jnp.float32)
                                       for k in baselines.BandGaussian._fields))
-  space = ModelSpace(gaussian, meta["target_scale"], check_config(config) == "ridge")
-  init = train.state_initializer(model, train.make_optimizer(config.train),
-                                 example_args(n, meta["crop_size"]))
-  state, _ = train.restore_checkpoint(manager, step, train.abstract_state(init, sharding.data_mesh()))
-  manager.close()
-  return Bundle(model, state.ema_params, space, meta["diffusion"]["parameterisation"], meta)
+  space = ModelSpace(gaussian, meta["target_scale"], prior == "ridge")
+  return Bundle(model, params, space, meta["diffusion"]["parameterisation"], meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,11 +371,9 @@ class PhysicsGuided:
     return guidance.physics_guidance(eps_fn, loss_fn, schedule, -scale, self.jacobian)(x_t, t)
 
 
-def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_steps):
-  """Samples full cubes for a batch of tiles (n, h, w, N) in normalised units with band mask (N,)."""
-  n = x_obs.shape[0]
-  m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (n, mask.shape[-1]))
-  params, x_obs, m = sharding.shard_for_sampling(bundle.params, jnp.asarray(x_obs, jnp.float32), m)
+def _guided_eps(bundle, params, schedule, x_obs, m, config, phys, pgs):
+  """(eps_fn, reference) for normalised observed tiles x_obs (n, h, w, N) and band masks m (n, N): the
+  model's eps, with physics guidance when pgs and physics.guidance_scale say so."""
   space = bundle.space
   ref = space.reference(x_obs, m)
   eps_fn = jax.tree_util.Partial(Denoiser(bundle.model, bundle.parameterisation), params,
@@ -386,11 +387,55 @@ def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_step
     eps_fn = jax.tree_util.Partial(PhysicsGuided(config.physics.guidance_gradient), eps_fn,
                                    jax.tree_util.Partial(loss, phys, space, ref, x_obs, m), schedule,
                                    jnp.float32(scale))
-  if config.sample.sampler == "ddpm":  # it would ignore num_steps (1 = the one-step estimate)
+  return eps_fn, ref
+
+
+def _check_sampler(settings):
+  if settings.sampler == "ddpm":  # it would ignore num_steps (1 = the one-step estimate)
     raise UserInputError("anyband samples with ddim or dpm_solver_pp (physics guidance acts on their eps), "
                          "not ddpm; set sample.sampler")
-  y0 = cascade.run_sampler(config.sample, eps_fn, schedule, x_obs.shape, rng, num_steps=num_steps)
-  return np.asarray(space.from_model(y0, ref))
+
+
+def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_steps):
+  """Samples full cubes for a batch of tiles (n, h, w, N) in normalised units with band mask (N,), on
+  the host driver (the sampler's own loop)."""
+  settings = sampling.SampleSettings.from_config(config.sample)
+  _check_sampler(settings)
+  n = x_obs.shape[0]
+  m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (n, mask.shape[-1]))
+  params, x_obs, m = sharding.shard_for_sampling(bundle.params, jnp.asarray(x_obs, jnp.float32), m)
+  eps_fn, ref = _guided_eps(bundle, params, schedule, x_obs, m, config, phys, pgs)
+  y0 = sampling.run_sampler(settings, eps_fn, schedule, x_obs.shape, rng, num_steps=num_steps)
+  return np.asarray(bundle.space.from_model(y0, ref))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RepairProgram:
+  """Repair of a batch of raw tiles as one traceable function:
+  program(params, tiles (B, h, w, N) raw, observed (N,) or (B, N) with 1 = observed, rng) -> (B, h, w, N)
+  raw, observed bands returned exactly as given when keep_observed. Missing bands may hold anything,
+  NaN included. The sampler is a lax.scan, so under jit a batch is one program. Hashable by identity."""
+  bundle: object
+  schedule: object
+  config: object             # the physics and sample sections are read at trace time
+  phys: object
+  normaliser: object
+  pgs: bool = True
+  num_steps: int = 0         # 0 = sample.num_steps
+  keep_observed: bool = True
+
+  def __call__(self, params, tiles, observed, rng):
+    settings = sampling.SampleSettings.from_config(self.config.sample)
+    _check_sampler(settings)
+    tiles = jnp.asarray(tiles, jnp.float32)
+    m = jnp.broadcast_to(jnp.asarray(observed, jnp.float32), (tiles.shape[0], tiles.shape[-1]))
+    seen = m[:, None, None, :] > 0
+    x_obs = jnp.where(seen, self.normaliser.forward(jnp.where(seen, tiles, 0.0)), 0.0)
+    eps_fn, ref = _guided_eps(self.bundle, params, self.schedule, x_obs, m, self.config, self.phys, self.pgs)
+    y0 = sampling.run_sampler(settings, eps_fn, self.schedule, x_obs.shape, rng,
+                              num_steps=self.num_steps or None, loop="scan")
+    out = self.normaliser.inverse(self.bundle.space.from_model(y0, ref)).astype(jnp.float32)
+    return jnp.where(seen, tiles, out) if self.keep_observed else out
 
 
 def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, num_steps=None):
@@ -405,8 +450,8 @@ def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, n
   if not mask.any():
     raise UserInputError("every band is missing: give at least one observed band")
   cube = np.where(mask > 0, np.asarray(cube_obs, np.float32), 0.0).astype(np.float32)
-  size = cascade.tile_size_for([bundle], config.sample, *cube.shape[:2])
-  overlap = min(config.sample.tile_overlap, size // 2)
+  size, overlap, _ = sampling.tiling(bundle.model.min_size, sampling.SampleSettings.from_config(config.sample),
+                                     *cube.shape[:2])
   schedule = train.make_schedule(config.diffusion)
   calls = iter(range(1 << 30))
 

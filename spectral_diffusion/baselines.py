@@ -94,6 +94,17 @@ def predict_ridge(model: RidgeModel, x_in) -> np.ndarray:
   return out.reshape(*shape[:-1], out.shape[-1])
 
 
+def predict_ridge_jax(model: RidgeModel, x_in):
+  """`predict_ridge` in JAX (float32, traceable), for priors inside compiled samplers: (..., b) -> (..., B)."""
+  import jax.numpy as jnp  # baselines stay numpy-only for everything else
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  z = (x_in - f32(model.in_mean)) / f32(model.in_std)
+  if model.degree == 2:
+    i, j = np.triu_indices(z.shape[-1])
+    z = jnp.concatenate([z, z[..., i] * z[..., j]], axis=-1)
+  return ((z - f32(model.feat_mean)) / f32(model.feat_std)) @ f32(model.coef) + f32(model.intercept)
+
+
 def interp_bands(cube_in, in_wavelengths: Sequence[float], out_wavelengths: Sequence[float]) -> np.ndarray:
   """Per-pixel linear interpolation along wavelength, with np.interp semantics.
 

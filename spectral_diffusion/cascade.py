@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_diffusion import baselines, data, guidance, losses, samplers, sharding
+from spectral_diffusion import baselines, data, guidance, losses, sampling, sharding
 from spectral_diffusion.errors import UserInputError
 
 
@@ -58,12 +58,17 @@ def plan_stages(num_bands, rgb_bands, num_stages):
 
 @dataclasses.dataclass
 class StageSpace:
-  """Maps normalised band values to one stage's model space and back (host-side numpy)."""
+  """Maps normalised band values to one stage's model space and back: numpy on host arrays, JAX (float32,
+  traceable) on JAX arrays, so one definition serves the host driver and the compiled cascade."""
   out_dim: int
   target_scale: float
   prior: Optional[object] = None   # baselines.RidgeModel when the stage diffuses a residual
 
   def reference(self, cond):
+    if isinstance(cond, jax.Array):
+      if self.prior is None:
+        return jnp.full(cond.shape[:-1] + (self.out_dim,), 0.5, jnp.float32)
+      return baselines.predict_ridge_jax(self.prior, cond)
     if self.prior is None:
       return np.full(cond.shape[:-1] + (self.out_dim,), 0.5, np.float32)
     flat = np.asarray(cond).reshape(-1, cond.shape[-1])
@@ -74,13 +79,16 @@ class StageSpace:
 
   def network_condition(self, cond, reference):
     """What the network sees: the inputs (and the prior prediction) mapped to about [-1, 1]."""
+    xp = jnp if isinstance(cond, jax.Array) else np
     parts = [2.0 * cond - 1.0] + ([2.0 * reference - 1.0] if self.prior is not None else [])
-    return np.concatenate(parts, axis=-1).astype(np.float32)
+    return xp.concatenate(parts, axis=-1).astype(xp.float32)
 
   def to_model(self, y, reference):
     return (self.target_scale * (y - reference)).astype(np.float32)
 
   def from_model(self, x, reference):
+    if isinstance(reference, jax.Array):
+      return x.astype(jnp.float32) / self.target_scale + reference
     return np.asarray(x, np.float32) / self.target_scale + reference
 
 
@@ -114,6 +122,16 @@ def pdt_state_transform(p_start, num_timesteps, x_t, t):
   return guidance.pdt_x_transform(num_timesteps, p_start)(x_t, t)
 
 
+@dataclasses.dataclass
+class StageBundle:
+  """A trained stage, ready to sample: plan, model space, module, (EMA) parameters, parameterisation."""
+  stage: Stage
+  space: StageSpace
+  model: object
+  params: dict
+  parameterisation: str
+
+
 def per_stage(value, k, what):
   """Stage k's setting from a config value that is either one value for all stages or one per stage."""
   values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
@@ -125,96 +143,84 @@ def per_stage(value, k, what):
   return values[k]
 
 
-@dataclasses.dataclass
-class StageBundle:
-  """A trained stage, ready to sample: plan, model space, module, (EMA) parameters, parameterisation."""
-  stage: Stage
-  space: StageSpace
-  model: object
-  params: dict
-  parameterisation: str
-
-
-def sample_stage(bundle, schedule, cond, rng, sample_cfg):
-  """Samples one stage's output bands (normalised units) for a batch of input-band tiles (n, h, w, in)."""
+def _stage_eps(bundle, params, schedule, cond, settings):
+  """(eps_fn, x_transform, reference) of one stage for input-band tiles `cond` (numpy or JAX)."""
   k = bundle.stage.index
-  if sample_cfg.pdt_target not in ("eps", "state"):
-    raise UserInputError(f"unknown sample.pdt_target {sample_cfg.pdt_target!r}: use eps or state")
-  p_start = float(per_stage(sample_cfg.pdt_p_start, k, "sample.pdt_p_start"))
+  p_start = float(per_stage(settings.pdt_p_start, k, "sample.pdt_p_start"))
   denoiser = StageDenoiser(bundle.model, bundle.parameterisation,
-                           float(per_stage(sample_cfg.icmg_scale, k, "sample.icmg_scale")),
-                           p_start, sample_cfg.pdt_target)
+                           float(per_stage(settings.icmg_scale, k, "sample.icmg_scale")),
+                           p_start, settings.pdt_target)
   reference = bundle.space.reference(cond)
   net_cond = jnp.asarray(bundle.space.network_condition(cond, reference))
-  params, net_cond = sharding.shard_for_sampling(bundle.params, net_cond)
+  if not isinstance(cond, jax.Array):  # host driver: place the batch over the devices here
+    params, net_cond = sharding.shard_for_sampling(params, net_cond)
   eps_fn = jax.tree_util.Partial(denoiser, params, net_cond, schedule)
   x_transform = None
-  if sample_cfg.pdt_target == "state" and p_start < 1.0:
+  if settings.pdt_target == "state" and p_start < 1.0:
     x_transform = jax.tree_util.Partial(pdt_state_transform, jnp.float32(p_start), schedule.num_timesteps)
+  return eps_fn, x_transform, reference
+
+
+def sample_stage(bundle, schedule, cond, rng, settings):
+  """Samples one stage's output bands (normalised units) for a batch of input-band tiles (n, h, w, in)
+  on the host driver (numpy in and out, the sampler's own loop)."""
+  eps_fn, x_transform, reference = _stage_eps(bundle, bundle.params, schedule, cond, settings)
   shape = cond.shape[:-1] + (bundle.space.out_dim,)
-  x0 = run_sampler(sample_cfg, eps_fn, schedule, shape, rng, x_transform=x_transform)
+  x0 = sampling.run_sampler(settings, eps_fn, schedule, shape, rng, x_transform=x_transform)
   return bundle.space.from_model(x0, reference)
 
 
-SAMPLERS = ("ddim", "ddpm", "dpm_solver_pp")
+@dataclasses.dataclass(frozen=True, eq=False)
+class CascadeProgram:
+  """The whole cascade on a batch of raw input tiles as one traceable function:
+  program(params, tiles (B, h, w, in) raw, rng) -> (B, h, w, N) raw. params is one parameter tree per
+  stage; stage k uses jax.random.fold_in(rng, k), and its output feeds stage k+1 on the device. Each
+  stage's sampler is a lax.scan, so under jit the batch is one program with one loop per stage.
+  Hashable by identity: one instance reuses its compiled program."""
+  bundles: tuple
+  schedule: object
+  settings: object           # sampling.SampleSettings
+  normaliser: object         # data.MinMax | data.Affine
+
+  def __call__(self, params, tiles, rng):
+    x = self.normaliser.forward(jnp.asarray(tiles, jnp.float32)).astype(jnp.float32)
+    for bundle, p in zip(self.bundles, params):
+      eps_fn, x_transform, reference = _stage_eps(bundle, p, self.schedule, x, self.settings)
+      shape = x.shape[:-1] + (bundle.space.out_dim,)
+      x0 = sampling.run_sampler(self.settings, eps_fn, self.schedule, shape,
+                                jax.random.fold_in(rng, bundle.stage.index), x_transform=x_transform,
+                                loop="scan")
+      x = bundle.space.from_model(x0, reference)
+    return self.normaliser.inverse(x).astype(jnp.float32)
 
 
-def run_sampler(sample_cfg, eps_fn, schedule, shape, rng, x_transform=None, num_steps=None):
-  """x0 from the sampler the config's `sample` section names (num_steps overrides sample.num_steps)."""
-  name, steps = sample_cfg.sampler, num_steps or sample_cfg.num_steps
-  if name not in SAMPLERS:
-    raise UserInputError(f"unknown sample.sampler {name!r}: use one of {', '.join(SAMPLERS)}")
-  if name != "ddpm" and not 1 <= steps <= schedule.num_timesteps:
-    raise UserInputError(f"sample.num_steps is {steps}: use 1 to {schedule.num_timesteps} "
-                         f"(diffusion.num_timesteps)")
-  if name == "ddim":
-    return samplers.ddim(eps_fn, schedule, shape, rng, num_steps=steps, eta=sample_cfg.eta,
-                         x_transform=x_transform, loop=sample_cfg.loop)
-  if name == "dpm_solver_pp":
-    if sample_cfg.spacing not in samplers.SPACINGS:
-      raise UserInputError(f"unknown sample.spacing {sample_cfg.spacing!r}: use one of "
-                           f"{', '.join(samplers.SPACINGS)}")
-    return samplers.dpm_solver_pp(eps_fn, schedule, shape, rng, num_steps=steps, spacing=sample_cfg.spacing,
-                                  x_transform=x_transform, loop=sample_cfg.loop)
-  return samplers.ddpm(eps_fn, schedule, shape, rng, variance=sample_cfg.ddpm_variance,
-                       x_transform=x_transform, loop=sample_cfg.loop)
+def min_size(bundles):
+  return max(b.model.min_size for b in bundles)
 
 
-def tile_size_for(bundles, sample_cfg, height, width):
-  """The largest tile <= sample.tile_size that fits the image and every stage's size multiple."""
-  multiple = max(b.model.min_size for b in bundles)
-  size = min(sample_cfg.tile_size, height, width) // multiple * multiple
-  if size < multiple:
-    raise UserInputError(f"the image is {height}x{width} pixels, smaller than the model's minimum size "
-                         f"{multiple}x{multiple}; use a larger image (or pad it)")
-  return size
-
-
-def run_cascade(bundles, schedule, inputs, rng, sample_cfg, progress=None):
-  """Chains the stages over a whole image (H, W, in) in overlapping tiles; returns each stage's output.
+def run_cascade(bundles, schedule, inputs, rng, settings, progress=None):
+  """The host driver: chains the stages over a whole image (H, W, in), each stage over all its
+  overlapping tiles (blended) before the next; returns each stage's output (normalised units).
 
   Stage k+1's input bands are exactly stage k's output bands, so the chain passes the full output on.
   """
-  size = tile_size_for(bundles, sample_cfg, *inputs.shape[:2])
-  overlap = min(sample_cfg.tile_overlap, size // 2)
+  size, overlap, _ = sampling.tiling(min_size(bundles), settings, *inputs.shape[:2])
   outputs, current = [], inputs
   for bundle in bundles:
     calls = iter(range(1 << 30))
 
     def fn(tiles, bundle=bundle, calls=calls):
       stage_rng = jax.random.fold_in(rng, bundle.stage.index)
-      out = sample_stage(bundle, schedule, tiles, jax.random.fold_in(stage_rng, next(calls)), sample_cfg)
+      out = sample_stage(bundle, schedule, tiles, jax.random.fold_in(stage_rng, next(calls)), settings)
       if progress is not None:
         progress.update(1)
       return out
 
-    current = data.predict_tiled(fn, current, size, overlap, sample_cfg.batch_size)
+    current = data.predict_tiled(fn, current, size, overlap, settings.batch_size)
     outputs.append(current)
   return outputs
 
 
-def num_tile_batches(bundles, sample_cfg, height, width):
+def num_tile_batches(bundles, settings, height, width):
   """Network-call batches run_cascade makes for an image (for progress bars)."""
-  size = tile_size_for(bundles, sample_cfg, height, width)
-  tiles = len(data.tile_positions(height, width, size, min(sample_cfg.tile_overlap, size // 2)))
-  return len(bundles) * -(-tiles // sample_cfg.batch_size)
+  return len(bundles) * sampling.num_tile_batches(min_size(bundles), settings, height, width)

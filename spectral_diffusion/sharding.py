@@ -60,3 +60,12 @@ def shard_for_sampling(params, *batches):
     return (params, *batches)
   return (jax.device_put(params, replicated(mesh)),
           *(jax.device_put(b, batch_sharded(mesh)) for b in batches))
+
+
+def constrain_to_local_devices(batch):
+  """Inside jit: the batch split over this host's devices when it divides over them (else unchanged)."""
+  mesh = local_data_mesh()
+  n = mesh.devices.size
+  if n == 1 or batch.shape[0] % n:
+    return batch
+  return jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))

@@ -12,11 +12,13 @@ import time
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from spectral_diffusion import baselines, cascade, data, experiment, losses, models, schedules, sharding
+from spectral_diffusion import baselines, cascade, checkpoints, data, experiment, losses, models, schedules
+from spectral_diffusion import sharding
 from spectral_diffusion.errors import TrainingDiverged, UserInputError
 from spectral_diffusion.progress import MetricsWriter, Progress
 
@@ -162,14 +164,20 @@ def stage_metadata(config, exp, stage, space):
     prior = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
              for k, v in space.prior._asdict().items()}
   return {
-      "stage": stage.index, "num_stages": len(exp.stages), "num_bands": exp.num_bands,
+      "method": "scdm", "stage": stage.index, "num_stages": len(exp.stages), "num_bands": exp.num_bands,
+      "rgb_bands": list(exp.rgb_bands),
       "in_bands": list(stage.in_bands), "out_bands": list(stage.out_bands),
       "cond_bands": space.condition_bands(len(stage.in_bands)),
       "target_scale": space.target_scale, "prior": prior,
       "normaliser": exp.normaliser.to_dict(),
       "wavelengths_nm": None if exp.wavelengths_nm is None else [float(w) for w in exp.wavelengths_nm],
-      "crop_size": config.data.crop_size, **model_settings(config),
+      "crop_size": config.data.crop_size, **model_settings(config), "config": config_dict(config),
   }
+
+
+def config_dict(config):
+  """The whole config as JSON gives it back (stored with checkpoints: pipelines load with it)."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
 
 
 def model_settings(config):
@@ -340,38 +348,23 @@ def train_and_evaluate(config, workdir):
   return evaluate.evaluate(config, workdir, exp)
 
 
-def open_checkpoint(config, directory, what, step=None):
-  """(read-only manager, step, metadata) of the latest (or given) checkpoint in directory/checkpoints,
-  checked against the config's model and diffusion settings."""
-  ckpt_dir = os.path.join(directory, "checkpoints")
-  manager = checkpoint_manager(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
-  step = manager.latest_step() if (manager and step is None) else step
-  if step is None:
-    raise UserInputError(f"no finished checkpoint for {what} in {directory}; train first "
-                         f"with --mode=train and the same --config and --workdir")
-  try:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  except Exception as e:  # Orbax raises many types; the user needs the path and the way out.
-    raise UserInputError(f"checkpoint {ckpt_dir}/{step} has unreadable metadata ({type(e).__name__}); "
-                         f"move it away and train again") from None
-  check_metadata(meta, model_settings(config), directory)
-  return manager, step, meta
-
-
-def load_stage(config, workdir, stage_index, step=None):
-  """A trained stage from workdir/stage_k (EMA weights): everything comes from the checkpoint, so
-  sampling needs no training data. Returns (StageBundle, metadata)."""
-  sdir = experiment.stage_dir(workdir, stage_index)
-  manager, step, meta = open_checkpoint(config, sdir, f"stage {stage_index + 1}", step)
-  stage = cascade.Stage(stage_index, tuple(meta["in_bands"]), tuple(meta["out_bands"]))
+def stage_bundle(params, meta):
+  """A trained stage ready to sample, from its EMA parameters and checkpoint metadata alone."""
+  stage = cascade.Stage(int(meta["stage"]), tuple(meta["in_bands"]), tuple(meta["out_bands"]))
   prior = None
   if meta["prior"] is not None:
     prior = baselines.RidgeModel(**{k: (np.asarray(v) if isinstance(v, list) else v)
                                     for k, v in meta["prior"].items()})
   space = cascade.StageSpace(len(stage.out_bands), meta["target_scale"], prior)
-  model = models.build_model(config.model, len(stage.out_bands))
-  init = state_initializer(model, make_optimizer(config.train),
-                           scdm_example_args(len(stage.out_bands), meta["crop_size"], meta["cond_bands"]))
-  state, _ = restore_checkpoint(manager, step, abstract_state(init, sharding.data_mesh()))
-  manager.close()
-  return cascade.StageBundle(stage, space, model, state.ema_params, meta["diffusion"]["parameterisation"]), meta
+  model = models.build_model(ml_collections.ConfigDict(meta["model"]), len(stage.out_bands))
+  return cascade.StageBundle(stage, space, model, params, meta["diffusion"]["parameterisation"])
+
+
+def load_stage(config, workdir, stage_index, step=None):
+  """A trained stage from workdir/stage_k (EMA weights, no optimizer), checked against the config:
+  everything else comes from the checkpoint, so sampling needs no training data.
+  Returns (StageBundle, metadata)."""
+  sdir = experiment.stage_dir(workdir, stage_index)
+  params, meta = checkpoints.load(sdir, f"stage {stage_index + 1}", step)
+  check_metadata(meta, model_settings(config), sdir)
+  return stage_bundle(params, meta), meta
