@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from spectral_diffusion import anyband, baselines, cascade, metrics, physics
+from spectral_diffusion import anyband, baselines, metrics, physics, sampling
 from spectral_diffusion.data import masking, patches
 from spectral_diffusion.evaluate import image_shape, mean_scores, num_images, per_image, split_description
 from spectral_diffusion.progress import Progress
@@ -101,8 +101,8 @@ def evaluate(config, workdir, d=None):
                               pgs and bool(config.physics.guidance_terms[2]))
   plan = protocols(config, d)
   truth_indices = phys.indices(phys.reflectance(d.test))
-  per_call = num_images(d.test) * cascade.num_tile_batches([bundles["anyband"]], config.sample,
-                                                           *image_shape(d.test))
+  per_call = num_images(d.test) * sampling.num_tile_batches(
+      bundles["anyband"].model.min_size, sampling.SampleSettings.from_config(config.sample), *image_shape(d.test))
   progress = Progress(len(plan) * len(runs) * per_call, "repairing the test split")
   results, seconds, shown = {}, {r[0]: [] for r in runs}, {}
   for p_index, (protocol, transform, mask) in enumerate(plan):

@@ -663,7 +663,7 @@ def sharded_figures(config, stage, model, params, schedule, opts, loop):
 def bf16_real_data(config, workdir):
   """A trained SCDM cascade sampled on its real test split in float32 and in bfloat16 (same weights,
   same noise): MPSNR of each against the truth, and of bfloat16 against float32."""
-  from spectral_diffusion import cascade, evaluate, experiment, metrics, train
+  from spectral_diffusion import cascade, evaluate, experiment, metrics, sampling, train
   if config.method != "scdm":
     raise UserInputError("--workdir compares bfloat16 on a trained SCDM cascade; this config is "
                          f"method={config.method}")
@@ -675,14 +675,15 @@ def bf16_real_data(config, workdir):
   bundles16 = [dataclasses.replace(b, model=b.model.clone(dtype=jnp.bfloat16)) for b in bundles]
   schedule = train.make_schedule(cfg.diffusion)
   rgb = exp.test[..., list(exp.rgb_bands)]
+  settings = sampling.SampleSettings.from_config(cfg.sample)
   out = {"workdir": os.path.abspath(workdir), "test_shape": list(exp.test.shape),
          "sampler": cfg.sample.sampler, "num_steps": cfg.sample.num_steps}
   preds = {}
   for name, bs in (("float32", bundles), ("bfloat16", bundles16)):
-    cascade.run_cascade(bs, schedule, rgb[:32, :32], jax.random.key(0), cfg.sample)  # compile
+    cascade.run_cascade(bs, schedule, rgb[:32, :32], jax.random.key(0), settings)  # compile
     log(f"bfloat16 on real data: sampling the test split in {name}")
     t0 = time.perf_counter()
-    preds[name] = cascade.run_cascade(bs, schedule, rgb, jax.random.key(cfg.seed + 100), cfg.sample)[-1]
+    preds[name] = cascade.run_cascade(bs, schedule, rgb, jax.random.key(cfg.seed + 100), settings)[-1]
     out[f"{name}_seconds"] = time.perf_counter() - t0
     out[f"{name}_mpsnr"] = float(metrics.mpsnr(preds[name], exp.test, 1.0))
     out[f"{name}_sam_deg"] = float(np.degrees(metrics.sam(preds[name], exp.test)))

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from spectral_diffusion import baselines, cascade, experiment, metrics, train
+from spectral_diffusion import baselines, cascade, experiment, metrics, sampling, train
 from spectral_diffusion.data import patches
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
@@ -79,15 +79,16 @@ def predictions(config, workdir, exp):
   test, train_cube, rgb = exp.test, exp.train, list(exp.rgb_bands)
   bundles = load_cascade(config, workdir, exp)
   schedule = train.make_schedule(config.diffusion)
+  settings = sampling.SampleSettings.from_config(config.sample)
   n = config.sample.num_samples
   shape = image_shape(test)
   progress = Progress(num_images(test) * (
-      n * cascade.num_tile_batches(bundles, config.sample, *shape) +
-      sum(cascade.num_tile_batches(bundles[k:k + 1], config.sample, *shape) for k in range(1, len(bundles)))),
+      n * cascade.num_tile_batches(bundles, settings, *shape) +
+      sum(cascade.num_tile_batches(bundles[k:k + 1], settings, *shape) for k in range(1, len(bundles)))),
       "sampling test split")
 
   def chain(stages, bands):
-    return lambda image, rng: cascade.run_cascade(stages, schedule, image[..., bands], rng, config.sample,
+    return lambda image, rng: cascade.run_cascade(stages, schedule, image[..., bands], rng, settings,
                                                   progress)
 
   runs = [per_image(chain(bundles, rgb), test, jax.random.key(config.seed + 100 + i)) for i in range(n)]

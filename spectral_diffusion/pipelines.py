@@ -70,8 +70,12 @@ def _as_image_batch(x, bands, what):
   return (x[None] if x.ndim == 3 else x), x.ndim == 3
 
 
+def _xp(x):
+  return jnp if isinstance(x, jax.Array) else np
+
+
 def _check_finite(x, what):
-  if not bool(jnp.isfinite(x).all()):
+  if not bool(_xp(x).isfinite(x).all()):
     raise UserInputError(f"{what} has NaN or Inf values; fill or mask those pixels first")
 
 
@@ -83,7 +87,8 @@ class SCDM:
   (sampling.SampleSettings), config.
   """
 
-  def __init__(self, bundles, normaliser, wavelengths, rgb_bands, config, settings):
+  def __init__(self, bundles, normaliser, wavelengths, rgb_bands, config, settings, workdir=None):
+    self.workdir = workdir
     self.bundles = list(bundles)
     self.normaliser = normaliser
     self.wavelengths = None if wavelengths is None else np.asarray(wavelengths, np.float64)
@@ -112,7 +117,7 @@ class SCDM:
     bundles = [train.load_stage(config, workdir, k)[0] for k in range(stages)]
     rgb = meta.get("rgb_bands") or meta["in_bands"]
     return cls(bundles, data.normaliser_from_dict(meta["normaliser"]), meta.get("wavelengths_nm"), rgb,
-               config, settings)
+               config, settings, workdir)
 
   @property
   def params(self):
@@ -221,7 +226,8 @@ class AnyBand:
     """(N,) float32, 1 = observed: bands that are NaN at every pixel, or given in `missing` (a boolean
     mask with True = missing, or band indices), are missing."""
     n = self.num_bands
-    mask = np.asarray([0.0 if bool(jnp.isnan(cube[..., i]).all()) else 1.0 for i in range(n)], np.float32)
+    isnan = _xp(cube).isnan  # band by band: no full-size boolean array
+    mask = np.asarray([0.0 if bool(isnan(cube[..., i]).all()) else 1.0 for i in range(n)], np.float32)
     if missing is not None:
       missing = np.asarray(missing)
       if missing.dtype == bool:
@@ -279,7 +285,8 @@ class AnyBand:
           self._programs[key], (self.params, jnp.asarray(mask)), np.nan_to_num(raw), rng,
           self.bundle.model.min_size, self.settings, self.num_bands, progress))
     else:
-      x_obs = self.normaliser.forward(np.where(mask > 0, raw, 0.0)).astype(np.float32) * mask
+      x_obs = self.normaliser.forward(raw).astype(np.float32, copy=False)
+      x_obs[..., mask == 0] = 0.0  # missing bands may be NaN
       pgs = guidance and bool(self.config.physics.guidance_scale)
       out = anyband_lib.repair(self.bundle, x_obs, mask, rng, self.config, self.phys, pgs=pgs,
                                progress=progress, num_steps=num_steps)

@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from spectral_diffusion import anyband, cascade, data, physics
+from spectral_diffusion import data, physics, pipelines
 from spectral_diffusion.data import geo
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
@@ -88,11 +88,8 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
   the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata."""
   if output_path is not None:
     geo.check_output_path(output_path)
-  bundle = anyband.load_model(config, workdir)
-  meta = bundle.meta
-  n = meta["num_bands"]
-  wl = np.asarray(meta["wavelengths_nm"])
-  normaliser = data.normaliser_from_dict(meta["normaliser"])
+  model = pipelines.AnyBand.load(workdir, config=config)
+  n, wl = model.num_bands, model.wavelengths
   scene = data.with_wavelengths(data.load_scene(input_path, input_key), wavelengths, "--wavelengths")
   arr = scene.cube
   if sensor:
@@ -107,20 +104,11 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
     cube, mask, nodata = observed_bands(arr, missing_bands, n, input_path)
   if output_path is None:
     output_path = geo.default_output(input_path, os.path.join(workdir, "repaired"), like=scene)
-  pgs = bool(config.physics.guidance_scale)
-  phys = anyband.make_physics(config, wl, normaliser, pgs and bool(config.physics.guidance_terms[2]))
-  progress = Progress(cascade.num_tile_batches([bundle], config.sample, *cube.shape[:2]),
-                      f"repairing {int(n - mask.sum())} of {n} bands")
-  x_obs = normaliser.forward(cube)
-  del cube  # large scenes: hold as few full-size copies as possible
-  x_obs *= mask
-  out = anyband.repair(bundle, x_obs, mask, jax.random.key(config.seed), config, phys, pgs=pgs,
-                       progress=progress)
+  progress = Progress(model.num_tile_batches(*cube.shape[:2]), f"repairing {int(n - mask.sum())} of {n} bands")
+  result = model.repair(cube, missing=mask == 0, rng=jax.random.key(config.seed), progress=progress)
   progress.close()
-  del x_obs
-  result = normaliser.inverse(out).astype(np.float32, copy=False)
-  del out
-  if config.repair.keep_observed and not sensor:  # bit-exact, not through the normaliser round trip
+  del cube  # large scenes: hold as few full-size copies as possible
+  if config.repair.keep_observed and not sensor:  # the file's values, not the filled nodata pixels
     for i in np.flatnonzero(mask):
       result[..., i] = arr[..., i]
   result[nodata] = np.nan

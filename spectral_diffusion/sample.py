@@ -4,20 +4,10 @@ import os
 import jax
 import numpy as np
 
-from spectral_diffusion import cascade, data, physics, train
+from spectral_diffusion import data, physics, pipelines
 from spectral_diffusion.data import geo
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
-
-
-def load_cascade_from_workdir(config, workdir):
-  """Every stage of the cascade, from the checkpoints alone (no training data needed)."""
-  bundles, metas = [], []
-  for k in range(config.cascade.num_stages):
-    bundle, meta = train.load_stage(config, workdir, k)
-    bundles.append(bundle)
-    metas.append(meta)
-  return bundles, metas
 
 
 def read_input(path, key, input_bands, rgb_bands, num_bands, grid_nm=None, wavelengths=None, sensor=None):
@@ -72,37 +62,31 @@ def sample_file(config, workdir, input_path, output_path=None, input_key=None, i
   and the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata."""
   if output_path is not None:
     geo.check_output_path(output_path)
-  bundles, metas = load_cascade_from_workdir(config, workdir)
-  meta = metas[0]
-  normaliser = data.normaliser_from_dict(meta["normaliser"])
-  grid = meta.get("wavelengths_nm")
-  rgb, nodata, scene = read_input(input_path, input_key, input_bands, meta["in_bands"], meta["num_bands"],
+  scdm = pipelines.SCDM.load(workdir, config=config)
+  grid = None if scdm.wavelengths is None else list(scdm.wavelengths)
+  rgb, nodata, scene = read_input(input_path, input_key, input_bands, scdm.rgb_bands, scdm.num_bands,
                                   grid, wavelengths, sensor)
   rgb = data.fill_nodata(rgb, nodata, input_path)
   if output_path is None:
     output_path = geo.default_output(input_path, os.path.join(workdir, "samples"), like=scene)
-  schedule = train.make_schedule(config.diffusion)
-  progress = Progress(cascade.num_tile_batches(bundles, config.sample, *rgb.shape[:2]), "sampling")
-  outputs = cascade.run_cascade(bundles, schedule, normaliser.forward(rgb), jax.random.key(config.seed),
-                                config.sample, progress)
+  progress = Progress(scdm.num_tile_batches(*rgb.shape[:2]), "sampling")
+  cube = scdm.sample(rgb, jax.random.key(config.seed), progress=progress)
   progress.close()
-  cube = normaliser.inverse(outputs[-1]).astype(np.float32)
-  del outputs
   cube[nodata] = np.nan
   data.write_cube(output_path, cube, like=scene, wavelengths_nm=grid)
   png = os.path.splitext(output_path)[0] + ".png"
-  _save_png(png, cube, meta)
+  _save_png(png, cube, scdm.rgb_bands)
   print(f"wrote {output_path} {cube.shape} in the training data's units"
         f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}, and {png}")
   return cube
 
 
-def _save_png(path, cube, meta):
+def _save_png(path, cube, rgb_bands):
   from spectral_diffusion import plots
   import matplotlib.pyplot as plt
   spread = [int(i) for i in np.linspace(0, cube.shape[-1] - 1, 5)[1:4]]
   fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-  axes[0].imshow(plots.false_colour(cube, meta["in_bands"])[0])  # stage 1's inputs: the RGB bands
+  axes[0].imshow(plots.false_colour(cube, rgb_bands)[0])  # stage 1's inputs: the RGB bands
   axes[0].set_title("output, input (RGB) bands")
   axes[1].imshow(plots.false_colour(cube, spread)[0])
   axes[1].set_title(f"output, bands {spread}")

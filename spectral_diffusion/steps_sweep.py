@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from spectral_diffusion import cascade, evaluate, experiment, samplers, train
+from spectral_diffusion import cascade, evaluate, experiment, samplers, sampling, train
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
@@ -83,15 +83,13 @@ def run_sweep(config, workdir, plan, exp=None, partial_path=None):
   test, rgb = exp.test, list(exp.rgb_bands)
   span = float(exp.normaliser.span)
   inferred = [b for b in range(exp.num_bands) if b not in exp.rgb_bands]
-  batches = cascade.num_tile_batches(bundles, config.sample, *test.shape[:2])
+  settings = sampling.SampleSettings.from_config(config.sample)
+  batches = cascade.num_tile_batches(bundles, settings, *test.shape[:2])
   progress = Progress(batches * sum(n for _, n, _ in plan), "steps sweep (network steps)")
   official = 2 * schedule.num_timesteps * len(bundles)  # 1000-step DDPM, cond and uncond calls
   rows = []
   for name, n, spacing in plan:
-    sample_cfg = config.sample.copy_and_resolve_references()
-    sample_cfg.sampler, sample_cfg.num_steps = name, n
-    if spacing:
-      sample_cfg.spacing = spacing
+    sample_cfg = settings.replace(sampler=name, num_steps=n, spacing=spacing or settings.spacing)
     progress.postfix = f"{label(name, spacing)} {n}"
     t0 = time.perf_counter()
     pred = cascade.run_cascade(bundles, schedule, test[..., rgb], jax.random.key(config.seed + 100),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from configs import demo_indian_pines
+from configs import anyband_demo_indian_pines, demo_indian_pines
 from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM
 from spectral_diffusion.errors import UserInputError
 
@@ -86,4 +86,37 @@ def trained(tmp_path_factory, crop_file):
   workdir = tmp_path_factory.mktemp("run")
   config = tiny_config(crop_file)
   train.train_and_evaluate(config, str(workdir))
+  return config, workdir
+
+
+def tiny_anyband_config(path):
+  """The AnyBand demo config, shrunk; one ablation and one protocol of each kind."""
+  c = shrink(anyband_demo_indian_pines.get_config(), path)
+  c.model.context_dim = 16
+  c.sample.batch_size = 8
+  c.eval.missing_fractions = (0.5,)
+  c.eval.input_band_counts = (5,)
+  c.eval.sensors = ("sentinel2a_msi",)
+  c.eval.ablations = ("no_dsm",)
+  return c
+
+
+def config_flags(config):
+  """The config as command-line overrides (what a user would type)."""
+  out = []
+  for section in ("data", "model", "train", "sample", "eval"):
+    for key, value in getattr(config, section).items():
+      if isinstance(value, (list, tuple)):
+        value = tuple(value)
+      out.append(f"--config.{section}.{key}={value}")
+  return out
+
+
+@pytest.fixture(scope="session")
+def anyband_model(tmp_path_factory, crop_file):
+  """(config, workdir) of the tiny AnyBand model, trained only (no ablations, no evaluation)."""
+  from spectral_diffusion import anyband
+  config = tiny_anyband_config(crop_file)
+  workdir = tmp_path_factory.mktemp("anyband_model")
+  anyband.train_variant(config, str(workdir), anyband.load_data(config), "anyband")
   return config, workdir

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from configs import anyband_demo_indian_pines
 from spectral_diffusion import baselines, losses, main, physics
 from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM, masking
-from conftest import indian_pines, shrink
+from conftest import config_flags, indian_pines, tiny_anyband_config
 
 WL = np.asarray(INDIAN_PINES_WAVELENGTHS_NM)
 
@@ -94,34 +93,11 @@ def test_physical_losses_against_closed_forms():
   assert float(losses.image_loss(ident, x, x)[0]) == 0.0
 
 
-def _config(path):
-  """The AnyBand demo config, shrunk; one ablation and one protocol of each kind."""
-  c = shrink(anyband_demo_indian_pines.get_config(), path)
-  c.model.context_dim = 16
-  c.sample.batch_size = 8
-  c.eval.missing_fractions = (0.5,)
-  c.eval.input_band_counts = (5,)
-  c.eval.sensors = ("sentinel2a_msi",)
-  c.eval.ablations = ("no_dsm",)
-  return c
-
-
-def _flags(config):
-  """The config as command-line overrides (what a user would type)."""
-  out = []
-  for section in ("data", "model", "train", "sample", "eval"):
-    for key, value in getattr(config, section).items():
-      if isinstance(value, (list, tuple)):
-        value = tuple(value)
-      out.append(f"--config.{section}.{key}={value}")
-  return out
-
-
 @pytest.fixture(scope="module")
 def anyband_run(tmp_path_factory, crop_file):
   workdir = tmp_path_factory.mktemp("anyband")
   argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={workdir}"]
-  argv += _flags(_config(crop_file))
+  argv += config_flags(tiny_anyband_config(crop_file))
   assert main.main(argv) == 0
   return argv, workdir
 
@@ -207,7 +183,7 @@ def test_bad_wavelengths_are_refused(tmp_path, capsys, case):
   path = tmp_path / "scene.mat"
   scipy.io.savemat(path, fields)
   argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={tmp_path / 'run'}"]
-  argv += _flags(_config(path))
+  argv += config_flags(tiny_anyband_config(path))
   assert main.main(argv) == 2
   err = capsys.readouterr().err
   assert "wavelength" in err and err.count("\n") == 1
@@ -216,10 +192,10 @@ def test_bad_wavelengths_are_refused(tmp_path, capsys, case):
 def test_grid_without_an_rtm_emulator_gives_the_training_command(tmp_path, capsys):
   path = tmp_path / "scene.mat"
   scipy.io.savemat(path, {"cube": indian_pines()[20:60, 30:90, :120], "wavelengths": WL[:120]})
-  config = _config(path)
+  config = tiny_anyband_config(path)
   config.data.num_bands = 120
   argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={tmp_path / 'run'}"]
-  assert main.main(argv + _flags(config)) == 2
+  assert main.main(argv + config_flags(config)) == 2
   assert "python -m spectral_diffusion.physics.rtm" in capsys.readouterr().err
 
 

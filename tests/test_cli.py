@@ -10,7 +10,7 @@ import scipy.io
 from affine import Affine
 from rasterio.crs import CRS
 
-from conftest import indian_pines
+from conftest import config_flags, indian_pines
 from spectral_diffusion import data, physics
 from spectral_diffusion import main as cli
 from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM
@@ -265,21 +265,16 @@ def test_unreadable_inputs_exit_2_and_keep_output(capsys, trained, tmp_path, cas
     assert code == 0 and np.load(out).shape == (20, 24, 200), err
 
 
-@pytest.fixture(scope="module")
-def anyband_model(tmp_path_factory, crop_file):
-  """(argv, workdir) of the tiny AnyBand model of test_anyband, trained only (no evaluation)."""
-  from spectral_diffusion import anyband
-  from test_anyband import _config, _flags
-  config = _config(crop_file)
-  workdir = tmp_path_factory.mktemp("anyband_io")
-  anyband.train_variant(config, str(workdir), anyband.load_data(config), "anyband")
-  argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={workdir}", *_flags(config),
-          "--config.physics.guidance_scale=0.0", "--mode=repair"]
-  return argv, workdir
+@pytest.fixture
+def repair_argv(anyband_model):
+  """The command line that repairs with the shared tiny AnyBand model (without physics guidance)."""
+  config, workdir = anyband_model
+  return ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={workdir}",
+          *config_flags(config), "--config.physics.guidance_scale=0.0", "--mode=repair"]
 
 
-def test_repair_geotiff_keeps_georeferencing_nodata_and_observed_bands(anyband_model, capsys, tmp_path):
-  argv, _ = anyband_model
+def test_repair_geotiff_keeps_georeferencing_nodata_and_observed_bands(repair_argv, capsys, tmp_path):
+  argv = repair_argv
   cube = indian_pines()[60:76, 30:50].copy()
   missing = [3, 50, 51, 52, 120]
   cube[..., missing] = np.nan
@@ -299,8 +294,8 @@ def test_repair_geotiff_keeps_georeferencing_nodata_and_observed_bands(anyband_m
   assert np.isnan(back.cube[:2, :3]).all() and back.crs == UTM["crs"]
 
 
-def test_repair_checks_the_wavelength_grid(anyband_model, capsys, tmp_path):
-  argv, _ = anyband_model
+def test_repair_checks_the_wavelength_grid(repair_argv, capsys, tmp_path):
+  argv = repair_argv
   cube = indian_pines()[60:76, 30:50].copy()
   cube[..., [10, 11]] = np.nan
   src = _geotiff(tmp_path / "bare.tif", cube)  # no wavelength metadata

@@ -8,14 +8,13 @@ Every sampler step is then affine in x, so the output moments are known exactly
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from configs import default
 from conftest import raises_one_line
-from spectral_diffusion import cascade
 from spectral_diffusion import samplers
+from spectral_diffusion import sampling
 from spectral_diffusion import schedules
 
 MU = np.array([0.5, -1.0])
@@ -329,13 +328,15 @@ def test_config_dispatch_names_the_samplers(sched):
   eps_fn, rng = _gaussian_eps_fn(sched), jax.random.PRNGKey(14)
   cfg.sampler, cfg.num_steps = "dpm_solver_pp", 5
   np.testing.assert_array_equal(
-      cascade.run_sampler(cfg, eps_fn, sched, (2, 1, 1, 2), rng),
+      sampling.run_sampler(sampling.SampleSettings.from_config(cfg), eps_fn, sched, (2, 1, 1, 2), rng),
       samplers.dpm_solver_pp(eps_fn, sched, (2, 1, 1, 2), rng, num_steps=5, spacing=cfg.spacing))
   for field, value, match in (("sampler", "euler", "dpm_solver_pp"), ("spacing", "karras", "logsnr"),
-                              ("num_steps", 0, "1 to 1000")):
-    bad = ml_collections.ConfigDict(cfg.to_dict())
-    bad[field] = value
-    raises_one_line(cascade.run_sampler, bad, eps_fn, sched, (2, 1, 1, 2), rng, match=match)
+                              ("num_steps", 0, ">= 1"), ("batch_size", 0, ">= 1"), ("pdt_target", "x", "state"),
+                              ("tile_overlap", -1, ">= 0"), ("program", "jit", "compiled"),
+                              ("pdt_p_start", (0.9, 1.5), r"\(0, 1\]"), ("colour", 1, "unknown sample")):
+    raises_one_line(sampling.SampleSettings.from_config, cfg, match=match, **{field: value})
+  too_many = sampling.SampleSettings.from_config(cfg, num_steps=2000)
+  raises_one_line(sampling.run_sampler, too_many, eps_fn, sched, (2, 1, 1, 2), rng, match="1 to 1000")
 
 
 def test_python_loop_compiles_one_step_for_every_step_count():

@@ -18,19 +18,19 @@ exp = experiment.load_experiment(config)
 state = train.train_stage(config, sys.argv[2], exp, exp.stages[0])
 leaves = jax.tree.leaves(state.params)
 # Sampling: the same (1-device run's) weights on every run, 4 tiles in one batch, DDIM with ICMG.
-from spectral_diffusion import cascade
+from spectral_diffusion import cascade, sampling
 bundle, _ = train.load_stage(config, sys.argv[4], 0)
 tiles = np.stack([exp.test[y:y + 16, x:x + 16][..., list(exp.stages[0].in_bands)]
                   for y in (0, 20) for x in (0, 4)])
-run_sampler, devices_used = cascade.run_sampler, []
+run_sampler, devices_used = sampling.run_sampler, []
 def recording(*args, **kwargs):
   x0 = run_sampler(*args, **kwargs)
   devices_used.append(len(x0.sharding.device_set))
   return x0
-cascade.run_sampler = recording
+sampling.run_sampler = recording
 config.sample.icmg_scale = (2.0,)
 sample = cascade.sample_stage(bundle, train.make_schedule(config.diffusion), tiles, jax.random.key(3),
-                              config.sample)
+                              sampling.SampleSettings.from_config(config.sample))
 np.savez(sys.argv[3], *[np.asarray(x) for x in leaves], devices=len(jax.devices()), sample=sample,
          sample_devices=devices_used[0])
 """
