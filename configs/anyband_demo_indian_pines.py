@@ -16,8 +16,7 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
-  c.method = "anyband"
+  c = default.get_config("anyband")
   c.data.name = "indian_pines"
   c.data.num_bands = 200
   c.data.crop_size = 32

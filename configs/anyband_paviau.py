@@ -20,8 +20,7 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
-  c.method = "anyband"
+  c = default.get_config("anyband")
   c.data.name = "pavia_university"
   c.data.source = "tfds"             # the builder's patches, min-max statistics and band centres
   c.data.num_bands = 103

@@ -1,13 +1,17 @@
-"""Defaults shared by every experiment; each experiment file starts from get_config() here.
+"""Defaults of every experiment; each experiment file starts from get_config(method) here.
 
+The sections both methods read come first, then each method's own (scdm_sections, anyband_sections).
 Every field below is a documented knob; an override of a key that is not here is an error.
 """
 import ml_collections
 
 
-def get_config():
+def get_config(method="scdm"):
+  """The defaults of `method` (scdm | anyband): the shared sections below, then the method's own."""
+  if method not in METHOD_SECTIONS:
+    raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHOD_SECTIONS)}")
   c = ml_collections.ConfigDict()
-  c.method = "scdm"                  # scdm (RGB -> all bands, a cascade) | anyband (any bands -> all)
+  c.method = method                  # scdm (RGB -> all bands, a cascade) | anyband (any bands -> all)
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -29,16 +33,11 @@ def get_config():
   c.data.scale = 1.0
   c.data.num_bands = 0               # expected band count (0 = whatever the cube has); lets
                                      # `describe` plan the cascade without the data
-  c.data.rgb_nm = (640.0, 550.0, 460.0)   # RGB = bands nearest these wavelengths ...
-  c.data.rgb_bands = ()              # ... unless 0-based band indices are given here
   c.data.train_cols = (0, 72)        # source=scene: split by image columns [start, stop), no overlap
   c.data.test_cols = (80, 145)
   c.data.crop_size = 32              # random training crops
   c.data.augment = True              # random flips and rot90 of training crops
   c.data.reflectance_scale = 1.0     # raw value * this = reflectance (physics: indices, RTM emulator)
-
-  c.cascade = ml_collections.ConfigDict()
-  c.cascade.num_stages = 2           # band counts grow geometrically from RGB to all bands
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "scdm_unet"
@@ -87,9 +86,6 @@ def get_config():
   c.sample.spacing = "logsnr"        # dpm_solver_pp timesteps: logsnr | time_uniform (see samplers)
   c.sample.eta = 0.0                 # ddim only
   c.sample.ddpm_variance = "beta"    # beta (official code) | posterior
-  c.sample.icmg_scale = (0.0, 2.5)   # per stage; 0 = plain conditional (paper's best: ICMG in stage 2)
-  c.sample.pdt_p_start = (0.96, 0.88)  # per stage; 1.0 = off
-  c.sample.pdt_target = "eps"        # eps (paper) | state (official code clamps x_t)
   c.sample.num_samples = 1           # samples per image; >1 also reports their mean
   c.sample.tile_size = 64            # images are sampled in overlapping tiles of this size
   c.sample.tile_overlap = 16
@@ -100,7 +96,30 @@ def get_config():
                                      # whole image on the host (the figures in the README) | auto:
                                      # python on CPU, compiled elsewhere (see pipelines)
 
-  # AnyBand-Diff (method=anyband): dual stochastic masking, physical losses, physics-guided sampling.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ridge_alpha = 1e-3
+  c.eval.spectra_pixels = 4          # pixels whose spectra are plotted
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.initialize = False   # call jax.distributed.initialize() (multi-host)
+  METHOD_SECTIONS[method](c)
+  return c
+
+
+def scdm_sections(c):
+  """SCDM: the RGB bands, the cascade, and ICMG and PDT per stage."""
+  c.data.rgb_nm = (640.0, 550.0, 460.0)   # RGB = bands nearest these wavelengths ...
+  c.data.rgb_bands = ()              # ... unless 0-based band indices are given here
+  c.cascade = ml_collections.ConfigDict()
+  c.cascade.num_stages = 2           # band counts grow geometrically from RGB to all bands
+
+  c.sample.icmg_scale = (0.0, 2.5)   # per stage; 0 = plain conditional (paper's best: ICMG in stage 2)
+  c.sample.pdt_p_start = (0.96, 0.88)  # per stage; 1.0 = off
+  c.sample.pdt_target = "eps"        # eps (paper) | state (official code clamps x_t)
+
+
+def anyband_sections(c):
+  """AnyBand-Diff: dual stochastic masking, physical losses, physics-guided sampling, repair, protocols."""
   c.masking = ml_collections.ConfigDict()
   c.masking.dsm = True               # dual stochastic masking; False = each band dropped with p_drop_fixed
   c.masking.sensors = ()             # sensor library (physics.sensor_names()); () = every sensor that
@@ -124,14 +143,10 @@ def get_config():
   c.repair = ml_collections.ConfigDict()
   c.repair.keep_observed = True      # observed bands come back exactly as given
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.ridge_alpha = 1e-3
-  c.eval.spectra_pixels = 4          # pixels whose spectra are plotted
   c.eval.missing_fractions = (0.1, 0.3, 0.5)  # anyband: random band masking protocols
   c.eval.input_band_counts = (3, 5, 7)        # anyband: k observed bands
   c.eval.sensors = ("sentinel2a_msi", "landsat8_oli")  # anyband: repair from a simulated sensor
   c.eval.ablations = ("no_dsm", "no_mspl")    # anyband: models trained without DSM / without MSPL
 
-  c.distributed = ml_collections.ConfigDict()
-  c.distributed.initialize = False   # call jax.distributed.initialize() (multi-host)
-  return c
+
+METHOD_SECTIONS = {"scdm": scdm_sections, "anyband": anyband_sections}

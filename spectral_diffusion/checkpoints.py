@@ -118,3 +118,27 @@ def save(directory, params, meta):
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(meta, f)
   os.replace(tmp, os.path.join(directory, _META, "meta.json"))
+
+
+def config_dict(config):
+  """The whole config as JSON gives it back (stored with checkpoints: pipelines load with it)."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def model_settings(config):
+  """The settings a checkpoint must share with the config that loads it, as JSON gives them back."""
+  return json.loads(json.dumps({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict()}))
+
+
+def check_metadata(meta, expected, directory):
+  """A checkpoint must match the config in band plan (when known) and in model/diffusion settings."""
+  for key in ("in_bands", "out_bands", "num_bands", "cond_bands"):
+    if key in expected and meta.get(key) != expected[key]:
+      raise UserInputError(
+          f"checkpoint in {directory} was trained with {key}={meta.get(key)}, this config gives "
+          f"{expected[key]}; use the matching config or a fresh --workdir")
+  for section in ("model", "diffusion"):
+    if meta.get(section) != expected[section]:
+      diff = sorted(k for k in expected[section] if meta.get(section, {}).get(k) != expected[section][k])
+      raise UserInputError(f"checkpoint in {directory} was trained with different {section} settings "
+                           f"({', '.join(diff)}); use the matching config or a fresh --workdir")

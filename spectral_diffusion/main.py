@@ -2,7 +2,7 @@
 
 Modes: train (train, then evaluate), eval, sample (SCDM: RGB --input -> all bands), repair (AnyBand:
 --input with missing bands -> all bands), describe (the plan and parameter counts, nothing allocated).
-`--config.a.b=value` overrides any field; `config.method` (scdm | anyband) picks the method.
+`--config.a.b=value` overrides any field; `config.method` (scdm | anyband) picks the method, once.
 Exit codes: 0 done, 2 bad input (one-line message), 3 training diverged (last good checkpoint kept).
 """
 import os
@@ -12,7 +12,10 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from spectral_diffusion import methods
 from spectral_diffusion.errors import TrainingDiverged, UserInputError
+
+MODES = ("train", "eval", "sample", "repair", "describe")
 
 
 def define_flags(argv):
@@ -21,7 +24,7 @@ def define_flags(argv):
   config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=fv,
                                  sys_argv=argv)  # overrides are found in argv, not in sys.argv
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics.jsonl and eval/ go here", flag_values=fv)
-  flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "repair", "describe"], "what to do", flag_values=fv)
+  flags.DEFINE_enum("mode", "train", MODES, "what to do", flag_values=fv)
   flags.DEFINE_string("input", None, "sample/repair: .npy, .npz, .mat, GeoTIFF (.tif) or ENVI (.hdr/.img) "
                       "file. sample: RGB (H, W, 3), or a cube whose RGB bands are found by wavelength "
                       "(or --input_bands); repair: a cube on the model's grid with missing bands NaN "
@@ -49,63 +52,49 @@ def _one_line(e):
   return (text[:400] + " ...") if len(text) > 400 else (text or type(e).__name__)
 
 
-def _wavelengths(values):
+def _numbers(values, flag, kind, example):
   if not values:
     return None
   try:
-    return [float(v) for v in values]
+    return [kind(v) for v in values]
   except ValueError:
-    raise UserInputError(f"--wavelengths={','.join(values)} must be band centres in nm separated by "
-                         "commas, e.g. --wavelengths=450.5,550,660.2") from None
+    raise UserInputError(f"--{flag}={','.join(values)} must be {example}") from None
+
+
+def file_request(fv):
+  """The file flags, parsed once."""
+  return methods.FileRequest(
+      input=fv.input, output=fv.output, input_key=fv.input_key,
+      input_bands=_numbers(fv.input_bands, "input_bands", int, "3 band indices separated by commas, e.g. "
+                           "--input_bands=29,19,9"),
+      missing_bands=_numbers(fv.missing_bands, "missing_bands", int, "0-based band indices separated by "
+                             "commas, e.g. --missing_bands=3,50,51"),
+      sensor=fv.sensor,
+      wavelengths=_numbers(fv.wavelengths, "wavelengths", float, "band centres in nm separated by commas, "
+                           "e.g. --wavelengths=450.5,550,660.2"))
 
 
 def run(flag_values):
   config = flag_values.config
   if config is None:
     raise UserInputError("no --config given; e.g. --config=configs/demo_indian_pines.py")
-  if config.method not in ("scdm", "anyband"):
-    raise UserInputError(f"unknown method {config.method!r}: use scdm or anyband")
-  anyband = config.method == "anyband"
+  method = methods.get(config)   # the one place the method is chosen; the config is checked here
   mode = flag_values.mode
-  if mode in ("sample", "repair") and not flag_values.input:
-    raise UserInputError(f"--mode={mode} needs --input=FILE (.npy, .mat, .tif or ENVI .hdr)")
-  wavelengths = _wavelengths(flag_values.wavelengths)
-  if mode == "describe":
-    from spectral_diffusion import describe
-    print(describe.describe(config))
+  if mode in ("sample", "repair"):
+    if mode != method.file_mode:
+      raise UserInputError(f"a {method.name} model runs on files with --mode={method.file_mode}, not "
+                           f"--mode={mode}" + (" (use an anyband config, e.g. --config=configs/"
+                                               "anyband_demo_indian_pines.py)" if mode == "repair" else ""))
+    request = file_request(flag_values)
+    if not request.input:
+      raise UserInputError(f"--mode={mode} needs --input=FILE (.npy, .mat, .tif or ENVI .hdr)")
+    method.run_file(config, flag_values.workdir, request)
+  elif mode == "describe":
+    print(method.describe(config))
   elif mode == "train":
-    if anyband:
-      from spectral_diffusion import anyband as method
-    else:
-      from spectral_diffusion import train as method
     method.train_and_evaluate(config, flag_values.workdir)
-  elif mode == "eval":
-    if anyband:
-      from spectral_diffusion import anyband_eval as evaluator
-    else:
-      from spectral_diffusion import evaluate as evaluator
-    evaluator.evaluate(config, flag_values.workdir)
-  elif mode == "sample":
-    if anyband:
-      raise UserInputError("an anyband model rebuilds bands with --mode=repair, not --mode=sample")
-    from spectral_diffusion import sample
-    bands = [int(b) for b in flag_values.input_bands] if flag_values.input_bands else None
-    sample.sample_file(config, flag_values.workdir, flag_values.input, flag_values.output,
-                       input_key=flag_values.input_key, input_bands=bands, wavelengths=wavelengths,
-                       sensor=flag_values.sensor)
   else:
-    if not anyband:
-      raise UserInputError("--mode=repair needs an anyband config (method=anyband), e.g. "
-                           "--config=configs/anyband_demo_indian_pines.py")
-    from spectral_diffusion import repair
-    try:
-      missing = [int(b) for b in flag_values.missing_bands] if flag_values.missing_bands else None
-    except ValueError:
-      raise UserInputError(f"--missing_bands={','.join(flag_values.missing_bands)} must be 0-based band "
-                           f"indices separated by commas") from None
-    repair.repair_file(config, flag_values.workdir, flag_values.input, flag_values.output,
-                       input_key=flag_values.input_key, missing_bands=missing, sensor=flag_values.sensor,
-                       wavelengths=wavelengths)
+    method.evaluate(config, flag_values.workdir)
 
 
 def main(argv=None):
@@ -126,7 +115,7 @@ def main(argv=None):
     print(f"error: unknown config key {name!r} in an override; the valid keys are listed in "
           f"configs/default.py", file=sys.stderr)
     return 2
-  except (flags.Error, ValueError, TypeError, OSError) as e:  # bad flags, values, missing config file
+  except (flags.Error, ValueError, TypeError, OSError, SyntaxError) as e:  # bad flags or values, config file
     print(f"error: {_one_line(e)} (see --helpfull)", file=sys.stderr)
     return 2
   try:

@@ -26,18 +26,13 @@ class FileRequest:
 class Method(Protocol):
   name: str
   file_mode: str          # the command line's mode that runs the model on a file: sample | repair
+  sections: tuple         # the config sections of its own (configs/default.py)
 
   def check_config(self, config) -> None:
     """Every enumerated and numeric setting the method reads, checked once (one-line UserInputError)."""
 
   def load_data(self, config):
     """The split data the method trains and evaluates on."""
-
-  def build_model(self, config, num_bands):
-    """The Flax module of one model (a cascade stage's output band count, or the grid's)."""
-
-  def example_inputs(self, config, num_bands, size, batch=1):
-    """Zero arrays of the model's call arguments for (batch, size, size), after (x_t, t)."""
 
   def train_and_evaluate(self, config, workdir):
     """Trains every model of the experiment in workdir (resuming), then writes workdir/eval."""
@@ -65,5 +60,9 @@ def get(config) -> Method:
   else:
     raise UserInputError(f"unknown method {name!r}: use one of {', '.join(NAMES)}")
   method = method()
+  missing = [s for s in method.sections if s not in config]
+  if missing:
+    raise UserInputError(f"config.method={name} but the config has no {', '.join(missing)} section(s); start "
+                         f"the config file from configs/default.py's get_config({name!r})")
   method.check_config(config)
   return method

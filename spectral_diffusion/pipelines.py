@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from spectral_diffusion import anyband as anyband_lib
-from spectral_diffusion import cascade, checkpoints, data, experiment, physics, sampling, train
+from spectral_diffusion import checkpoints, data, physics, sampling, training
+from spectral_diffusion.anyband import model as anyband_model
+from spectral_diffusion.scdm import cascade
 from spectral_diffusion.errors import UserInputError
 
 
@@ -95,7 +96,7 @@ class SCDM:
     self.rgb_bands = tuple(int(b) for b in rgb_bands)
     self.num_bands = len(self.bundles[-1].stage.out_bands)
     self.config, self.settings = config, settings
-    self.schedule = train.make_schedule(config.diffusion)
+    self.schedule = training.make_schedule(config.diffusion)
     self.sample_fn = cascade.CascadeProgram(tuple(self.bundles), self.schedule, settings, normaliser)
 
   @classmethod
@@ -107,14 +108,14 @@ class SCDM:
     num_steps=20, sampler="dpm_solver_pp", program="compiled".
     """
     workdir = os.path.abspath(workdir)
-    meta = checkpoints.load_meta(experiment.stage_dir(workdir, 0), "stage 1")
+    meta = checkpoints.load_meta(cascade.stage_dir(workdir, 0), "stage 1")
     config, settings = _config(workdir, meta, config, sample)
     stages = int(meta.get("num_stages", config.cascade.num_stages))
     if config.cascade.num_stages != stages:
       raise UserInputError(f"the checkpoints in {workdir} are a {stages}-stage cascade, the config asks "
                            f"for cascade.num_stages={config.cascade.num_stages}; use the config it was "
                            f"trained with")
-    bundles = [train.load_stage(config, workdir, k)[0] for k in range(stages)]
+    bundles = [cascade.load_stage(config, workdir, k)[0] for k in range(stages)]
     rgb = meta.get("rgb_bands") or meta["in_bands"]
     return cls(bundles, data.normaliser_from_dict(meta["normaliser"]), meta.get("wavelengths_nm"), rgb,
                config, settings, workdir)
@@ -188,9 +189,9 @@ class AnyBand:
     self.num_bands = int(meta["num_bands"])
     self.normaliser = data.normaliser_from_dict(meta["normaliser"])
     self.config, self.settings = config, settings
-    self.schedule = train.make_schedule(config.diffusion)
+    self.schedule = training.make_schedule(config.diffusion)
     pgs = bool(config.physics.guidance_scale)
-    self.phys = anyband_lib.make_physics(config, self.wavelengths, self.normaliser,
+    self.phys = anyband_model.make_physics(config, self.wavelengths, self.normaliser,
                                          pgs and bool(config.physics.guidance_terms[2]))
     self._programs = {}
 
@@ -199,9 +200,9 @@ class AnyBand:
     """The model trained in workdir (workdir/anyband, or an ablation variant), EMA parameters only.
     config and keywords as SCDM.load."""
     workdir = os.path.abspath(workdir)
-    meta = checkpoints.load_meta(anyband_lib.model_dir(workdir, variant), f"the {variant} model")
+    meta = checkpoints.load_meta(anyband_model.model_dir(workdir, variant), f"the {variant} model")
     config, settings = _config(workdir, meta, config, sample)
-    return cls(anyband_lib.load_model(config, workdir, variant), config, settings)
+    return cls(anyband_model.load_model(config, workdir, variant), config, settings)
 
   @property
   def params(self):
@@ -211,7 +212,7 @@ class AnyBand:
     """The pure repair function (params, tiles, observed, rng) for a guidance / step-count choice."""
     key = (bool(guidance), num_steps or 0)
     if key not in self._programs:
-      self._programs[key] = anyband_lib.RepairProgram(
+      self._programs[key] = anyband_model.RepairProgram(
           self.bundle, self.schedule, self.config, self.phys, self.normaliser, pgs=key[0],
           num_steps=key[1], keep_observed=bool(self.config.repair.keep_observed))
     return self._programs[key]
@@ -288,7 +289,7 @@ class AnyBand:
       x_obs = self.normaliser.forward(raw).astype(np.float32, copy=False)
       x_obs[..., mask == 0] = 0.0  # missing bands may be NaN
       pgs = guidance and bool(self.config.physics.guidance_scale)
-      out = anyband_lib.repair(self.bundle, x_obs, mask, rng, self.config, self.phys, pgs=pgs,
+      out = anyband_model.repair(self.bundle, x_obs, mask, rng, self.config, self.phys, pgs=pgs,
                                progress=progress, num_steps=num_steps)
       result = self.normaliser.inverse(out).astype(np.float32, copy=False)
     if self.config.repair.keep_observed:  # bit-exact: not through blending or the normaliser

@@ -1,13 +1,10 @@
 """Figures people would rather look at than read: false colour, error maps, spectra, per-band PSNR."""
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend is the user's (matplotlib picks Agg where there is no display)
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from spectral_diffusion import metrics  # noqa: E402
+from spectral_diffusion import metrics
 
 SHOWN = ("scdm", "scdm_mean", "ridge_poly2", "ridge", "interp")
 

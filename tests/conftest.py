@@ -82,7 +82,7 @@ def tiny_config(data_path):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, crop_file):
   """(config, workdir) of a tiny cascade trained and evaluated end to end on the real crop."""
-  from spectral_diffusion import train
+  from spectral_diffusion.scdm import train
   workdir = tmp_path_factory.mktemp("run")
   config = tiny_config(crop_file)
   train.train_and_evaluate(config, str(workdir))
@@ -115,8 +115,8 @@ def config_flags(config):
 @pytest.fixture(scope="session")
 def anyband_model(tmp_path_factory, crop_file):
   """(config, workdir) of the tiny AnyBand model, trained only (no ablations, no evaluation)."""
-  from spectral_diffusion import anyband
+  from spectral_diffusion.anyband import model, train
   config = tiny_anyband_config(crop_file)
   workdir = tmp_path_factory.mktemp("anyband_model")
-  anyband.train_variant(config, str(workdir), anyband.load_data(config), "anyband")
+  train.train_variant(config, str(workdir), model.load_data(config), "anyband")
   return config, workdir

@@ -9,7 +9,8 @@ import pytest
 import scipy.io
 
 from spectral_diffusion import baselines, losses, main, physics
-from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM, masking
+from spectral_diffusion.anyband import masking
+from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM
 from conftest import config_flags, indian_pines, tiny_anyband_config
 
 WL = np.asarray(INDIAN_PINES_WAVELENGTHS_NM)

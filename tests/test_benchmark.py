@@ -12,7 +12,10 @@ import pytest
 
 from configs import anyband_demo_indian_pines, demo_indian_pines
 from conftest import raises_one_line, shrink
-from spectral_diffusion import benchmark, describe, experiment, samplers, schedules
+from spectral_diffusion import samplers, schedules
+from spectral_diffusion.scdm import experiment
+from spectral_diffusion.scdm.method import stage_parameter_count
+from spectral_diffusion.tools import benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +100,7 @@ def test_benchmark_figures_are_consistent(tmp_path):
   assert mm["flops"] == pytest.approx(mm["flops_closed_form"], rel=1e-3)
   (s,) = res["stages"]
   stage = experiment.plan_from_config(config)[0]
-  assert s["parameters"] == describe.stage_parameter_count(config, stage, s["cond_bands"])
+  assert s["parameters"] == stage_parameter_count(config, stage, s["cond_bands"])
   assert (s["out_bands"], s["cond_bands"]) == (12, 3 + 12)   # ridge prior: inputs + prior prediction
   f = s["forward"]
   assert f["gflop_per_s"] == pytest.approx(f["flops"] / f["seconds"] / 1e9)
@@ -147,7 +150,7 @@ def test_cli_sharded_over_two_devices_writes_json(tmp_path):
   _, path = tiny_config(tmp_path)
   out = tmp_path / "bench.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "spectral_diffusion.benchmark", f"--config={path}", "--size=8", "--repeats=1",
+      [sys.executable, "-m", "spectral_diffusion.tools.benchmark", f"--config={path}", "--size=8", "--repeats=1",
        "--devices=2", "--sections=sharded", "--ddim_steps=2", "--probe_steps=2", "--matmul_size=64",
        f"--json={out}"], cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -189,7 +189,7 @@ def test_physics_guidance_rejects_unknown_jacobian():
 def test_guidance_loss_rtm_term_is_a_squared_distance_to_the_projection():
   # Value: the emulator's manifold loss; gradient: that of 0.5 w |x - Phi(x)|^2 / n with Phi(x) held
   # fixed (the squared-distance gradient), so the emulator itself is never differentiated.
-  from spectral_diffusion import anyband
+  from spectral_diffusion.anyband import model as anyband
   from spectral_diffusion.physics import rtm
   wl = rtm.grid_wavelengths("indian_pines")
   em = rtm.load_emulator(wl)

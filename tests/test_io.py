@@ -13,7 +13,7 @@ from rasterio.crs import CRS
 
 from configs import demo_indian_pines
 from conftest import indian_pines, raises_one_line, shared_file, shrink
-from spectral_diffusion import data, losses, models, train
+from spectral_diffusion import data, losses, models, training
 from spectral_diffusion.data import envi, geo
 
 AVIRIS_NG = [f"scenes/aviris_ng_tiny/{name}" for name in (
@@ -292,7 +292,7 @@ def test_tiled_network_agrees_with_untiled_away_from_tile_borders():
   full = indian_pines()[:n, :n]
   y = (full - full.min()) / (full.max() - full.min())
   c = shrink(demo_indian_pines.get_config(), "unused")
-  schedule = train.make_schedule(c.diffusion)
+  schedule = training.make_schedule(c.diffusion)
   model = models.build_model(c.model, bands)
   params = _lecun_params(model, (jnp.zeros((1, 16, 16, bands)), jnp.zeros((1,), jnp.int32),
                                  jnp.zeros((1, 16, 16, 3))))

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import scdm_dfc2018
-from spectral_diffusion import describe, experiment, models
+from spectral_diffusion import models
+from spectral_diffusion.scdm import experiment
+from spectral_diffusion.scdm.method import stage_parameter_count
 from spectral_diffusion.models import layers
 
 
@@ -16,8 +18,8 @@ def test_dfc2018_parameter_counts_match_official_code():
   assert [len(s.out_bands) for s in stages] == [12, 48]
   assert stages[1].in_bands == tuple(range(0, 48, 4))
   # The official count without its one unused output layer (REFERENCE.md); eval_shape allocates nothing.
-  assert describe.stage_parameter_count(config, stages[1], 12) == 77_557_168
-  assert describe.stage_parameter_count(config, stages[0], 3) == 77_463_820
+  assert stage_parameter_count(config, stages[1], 12) == 77_557_168
+  assert stage_parameter_count(config, stages[0], 3) == 77_463_820
 
 
 def test_downsample_pads_one_on_both_sides():

@@ -10,7 +10,8 @@ import pytest
 import scipy.io
 
 from conftest import raises_one_line
-from spectral_diffusion import checkpoints, experiment, physics, pipelines, sampling
+from spectral_diffusion import checkpoints, physics, pipelines, sampling
+from spectral_diffusion.scdm import cascade
 from spectral_diffusion import main as cli
 from spectral_diffusion.errors import UserInputError
 
@@ -20,7 +21,7 @@ def rgb(trained):
   """A raw RGB crop of the real scene (24 x 21: two tile rows, odd width) taken at the trained RGB bands."""
   config, workdir = trained
   cube = scipy.io.loadmat(config.data.path)["cube"].astype(np.float32)
-  meta = checkpoints.load_meta(experiment.stage_dir(workdir, 0))
+  meta = checkpoints.load_meta(cascade.stage_dir(workdir, 0))
   return cube[4:28, 9:30][..., meta["rgb_bands"]]
 
 
@@ -200,7 +201,7 @@ def test_anyband_from_sensor(anyband_model):
 
 def test_checkpoints_restore_ema_alone_and_round_trip(trained, tmp_path):
   _, workdir = trained
-  stage_dir = experiment.stage_dir(workdir, 1)
+  stage_dir = cascade.stage_dir(workdir, 1)
   params, meta = checkpoints.load(stage_dir)
   assert meta["method"] == "scdm" and meta["stage"] == 1 and "config" in meta
   # The EMA subtree of the full training state, restored the ordinary way, is what load gives.
@@ -221,7 +222,7 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(trained, tmp_path):
   _, workdir = trained
   raises_one_line(checkpoints.load, tmp_path / "nothing", match="train first")
   copy = tmp_path / "stage"
-  shutil.copytree(experiment.stage_dir(workdir, 0), copy)
+  shutil.copytree(cascade.stage_dir(workdir, 0), copy)
   state = copy / "checkpoints" / str(checkpoints.latest_step(copy)) / "state"
   for root, _, files in os.walk(state):
     for name in files:

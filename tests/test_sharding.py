@@ -9,7 +9,8 @@ SCRIPT = r"""
 import sys, jax, numpy as np
 sys.path.insert(0, "tests")
 from conftest import tiny_config
-from spectral_diffusion import experiment, train
+from spectral_diffusion import training
+from spectral_diffusion.scdm import experiment, train
 config = tiny_config(sys.argv[1])
 config.train.batch_size = 4
 config.train.num_steps = 3
@@ -18,8 +19,9 @@ exp = experiment.load_experiment(config)
 state = train.train_stage(config, sys.argv[2], exp, exp.stages[0])
 leaves = jax.tree.leaves(state.params)
 # Sampling: the same (1-device run's) weights on every run, 4 tiles in one batch, DDIM with ICMG.
-from spectral_diffusion import cascade, sampling
-bundle, _ = train.load_stage(config, sys.argv[4], 0)
+from spectral_diffusion import sampling
+from spectral_diffusion.scdm import cascade
+bundle, _ = cascade.load_stage(config, sys.argv[4], 0)
 tiles = np.stack([exp.test[y:y + 16, x:x + 16][..., list(exp.stages[0].in_bands)]
                   for y in (0, 20) for x in (0, 4)])
 run_sampler, devices_used = sampling.run_sampler, []
@@ -29,7 +31,7 @@ def recording(*args, **kwargs):
   return x0
 sampling.run_sampler = recording
 config.sample.icmg_scale = (2.0,)
-sample = cascade.sample_stage(bundle, train.make_schedule(config.diffusion), tiles, jax.random.key(3),
+sample = cascade.sample_stage(bundle, training.make_schedule(config.diffusion), tiles, jax.random.key(3),
                               sampling.SampleSettings.from_config(config.sample))
 np.savez(sys.argv[3], *[np.asarray(x) for x in leaves], devices=len(jax.devices()), sample=sample,
          sample_devices=devices_used[0])

@@ -3,7 +3,7 @@ import json
 import os
 
 from conftest import raises_one_line
-from spectral_diffusion import steps_sweep
+from spectral_diffusion.tools import steps_sweep
 from test_cli import overrides
 
 DEMO = "configs/demo_indian_pines.py"

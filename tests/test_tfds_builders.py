@@ -30,7 +30,9 @@ import pytest
 import scipy.io
 
 from conftest import indian_pines, raises_one_line, shared_file
-from spectral_diffusion import baselines, data, evaluate, experiment, main, metrics
+from spectral_diffusion import baselines, data, main, metrics
+from spectral_diffusion.data import splits
+from spectral_diffusion.scdm import evaluate, experiment
 from spectral_diffusion.data import datasets
 from spectral_diffusion.data.patches import GridSplit, RegionSplit
 
@@ -226,10 +228,10 @@ def test_indian_pines_default_is_the_tensorly_scene(tmp_path):
   read through TFDS equals the column split the demo config reads from the scene."""
   config = _pines_config(tmp_path)
   t0 = time.perf_counter()
-  split = experiment.load_split(config)
+  split = splits.load_split(config)
   assert time.perf_counter() - t0 < 30
   config.data.source = "scene"
-  reference = experiment.load_split(config)
+  reference = splits.load_split(config)
   assert split.train.shape == (1, 145, 72, 200) and split.test.shape == (1, 145, 65, 200)
   assert split.normaliser == reference.normaliser
   np.testing.assert_array_equal(split.train[0], reference.train)
@@ -313,7 +315,7 @@ def test_training_batches_from_patch_stacks(small_protocols):
   """Pavia Centre's protocol (real ROSIS patches): the regression prior is fit on every training pixel
   and training batches are crops of the training patches."""
   from configs import scdm_pavia_center
-  from spectral_diffusion import train
+  from spectral_diffusion.scdm import train
   config = scdm_pavia_center.get_config()
   config.diffusion.prior = ("ridge_poly2", "ridge")
   config.data.crop_size = 8
@@ -358,7 +360,8 @@ def test_anyband_evaluation_averages_over_test_patches(small_protocols, tmp_path
   from types import SimpleNamespace
 
   from configs import anyband_paviau
-  from spectral_diffusion import anyband, anyband_eval
+  from spectral_diffusion.anyband import evaluate as anyband_eval
+  from spectral_diffusion.anyband import model as anyband
   config = anyband_paviau.get_config()
   config.physics.guidance_scale = 0.0
   config.sample.num_steps = 1

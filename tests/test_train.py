@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import scdm_dfc2018, scdm_pavia_center
-from spectral_diffusion import experiment, train
+from spectral_diffusion.scdm import cascade, experiment, train
 from spectral_diffusion.errors import TrainingDiverged
 from conftest import indian_pines, tiny_config
 
@@ -31,7 +31,7 @@ def test_train_evaluate_end_to_end(trained):
 
 
 def _params(workdir, stage=0):
-  config_dir = experiment.stage_dir(workdir, stage)
+  config_dir = cascade.stage_dir(workdir, stage)
   mngr = ocp.CheckpointManager(os.path.join(config_dir, "checkpoints"))
   restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return mngr.latest_step(), restored["state"]

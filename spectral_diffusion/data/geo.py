@@ -7,9 +7,9 @@ import warnings
 
 import numpy as np
 
-from spectral_diffusion.data.readers import GEOTIFF_EXTENSIONS
 from spectral_diffusion.errors import UserInputError
 
+GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 OUTPUT_EXTENSIONS = GEOTIFF_EXTENSIONS + (".npy",)
 # '346.2995778 Nanometers' (GDAL's ENVI band names), 'Band 12 (550.0 nm)', '0.55 um'.
 _IN_DESCRIPTION = re.compile(

@@ -11,10 +11,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from spectral_diffusion.data._indian_pines_wavelengths import INDIAN_PINES_WAVELENGTHS_NM
+from spectral_diffusion.data.geo import GEOTIFF_EXTENSIONS
 from spectral_diffusion.errors import UserInputError
 
 ARRAY_EXTENSIONS = (".npy", ".npz", ".mat")
-GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 ENVI_EXTENSIONS = (".hdr", ".img", ".dat", ".bsq", ".bil", ".bip", ".raw")
 SUPPORTED_EXTENSIONS = ARRAY_EXTENSIONS + GEOTIFF_EXTENSIONS + ENVI_EXTENSIONS
 RGB_NM = (640.0, 550.0, 460.0)

@@ -23,9 +23,10 @@ import time
 import jax
 import numpy as np
 
-from spectral_diffusion import anyband, baselines, metrics, physics, sampling
-from spectral_diffusion.data import masking, patches
-from spectral_diffusion.evaluate import image_shape, mean_scores, num_images, per_image, split_description
+from spectral_diffusion import baselines, metrics, physics, sampling
+from spectral_diffusion.anyband import masking, model
+from spectral_diffusion.data import patches
+from spectral_diffusion.evaluation import image_shape, mean_scores, num_images, per_image, split_description
 from spectral_diffusion.progress import Progress
 
 BASELINES = ("ridge", "interp")
@@ -85,7 +86,7 @@ def score(pred, truth, truth_indices, inferred, phys):
 def evaluate(config, workdir, d=None):
   """Writes workdir/eval/{anyband_metrics.json, anyband_metrics.md, *.png}; returns the metrics."""
   t0 = time.perf_counter()
-  d = d or anyband.load_data(config)
+  d = d or model.load_data(config)
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   pgs = bool(config.physics.guidance_scale)
@@ -95,9 +96,9 @@ def evaluate(config, workdir, d=None):
     runs.append(("anyband_no_pgs", "anyband", False, steps))
   if steps > 1:
     runs.append(("anyband_one_step", "anyband", False, 1))
-  runs += [(f"anyband_{v}", v, pgs, steps) for v in anyband.ablations(config)]
-  bundles = {v: anyband.load_model(config, workdir, v) for v in {r[1] for r in runs}}
-  phys = anyband.make_physics(config, d.wavelengths_nm, d.normaliser,
+  runs += [(f"anyband_{v}", v, pgs, steps) for v in model.ablations(config)]
+  bundles = {v: model.load_model(config, workdir, v) for v in {r[1] for r in runs}}
+  phys = model.make_physics(config, d.wavelengths_nm, d.normaliser,
                               pgs and bool(config.physics.guidance_terms[2]))
   plan = protocols(config, d)
   truth_indices = phys.indices(phys.reflectance(d.test))
@@ -110,7 +111,7 @@ def evaluate(config, workdir, d=None):
     preds = baseline_predictions(d, x_obs, mask, train_obs, config.eval.ridge_alpha)
     for name, variant, use_pgs, num_steps in runs:
       t = time.perf_counter()
-      preds[name] = per_image(lambda image, rng: [anyband.repair(  # pylint: disable=cell-var-from-loop
+      preds[name] = per_image(lambda image, rng: [model.repair(  # pylint: disable=cell-var-from-loop
           bundles[variant], image, mask, rng, config, phys, pgs=use_pgs, progress=progress,
           num_steps=num_steps)], x_obs, jax.random.key(config.seed + 300 + p_index))[0]
       seconds[name].append(time.perf_counter() - t)

@@ -14,10 +14,13 @@ import time
 import jax
 import numpy as np
 
-from spectral_diffusion import baselines, cascade, experiment, metrics, sampling, train
+from spectral_diffusion import baselines, metrics, sampling, training
+from spectral_diffusion.evaluation import image_shape, mean_scores, num_images, per_image, pixelwise
+from spectral_diffusion.evaluation import split_description
 from spectral_diffusion.data import patches
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
+from spectral_diffusion.scdm import cascade, experiment
 
 METRIC_KEYS = ("rmse", "sam", "mpsnr", "mssim", "ergas")
 
@@ -33,40 +36,10 @@ def score(pred, truth, bands, normaliser_span):
   return out
 
 
-def mean_scores(scores):
-  """The mean of each metric over a list of {metric: value} (one per patch)."""
-  return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-
-
-def image_shape(cube):
-  """(height, width) of an image (H, W, B), or of each patch of a stack (P, h, w, B)."""
-  return tuple(np.shape(cube)[-3:-1])
-
-
-def num_images(cube):
-  return 1 if np.ndim(cube) == 3 else len(cube)
-
-
-def per_image(fn, cube, rng):
-  """fn(image, rng) -> list of arrays, on an image (H, W, B) as it is, or on each patch of a stack
-  (P, h, w, B) with the key folded with the patch number, the outputs stacked (P, ...)."""
-  if np.ndim(cube) == 3:
-    return fn(cube, rng)
-  outputs = [fn(image, jax.random.fold_in(rng, p)) for p, image in enumerate(cube)]
-  return [np.stack(parts) for parts in zip(*outputs)]
-
-
-def pixelwise(fn, train, test):
-  """fn(train image, test image) -> {name: prediction} for per-pixel methods, with stacks of patches
-  seen as one image each and the predictions given back in the test split's shape."""
-  out = fn(patches.pixels(train), patches.pixels(test))
-  return {m: np.reshape(p, np.shape(test)[:-1] + np.shape(p)[-1:]) for m, p in out.items()}
-
-
 def load_cascade(config, workdir, exp):
   bundles = []
   for stage in exp.stages:
-    bundle, _ = train.load_stage(config, workdir, stage.index)
+    bundle, _ = cascade.load_stage(config, workdir, stage.index)
     if bundle.stage != stage:
       raise UserInputError(f"stage {stage.index + 1} in {workdir} maps bands {bundle.stage.in_bands} -> "
                        f"{bundle.stage.out_bands}, the config plans {stage.in_bands} -> {stage.out_bands}")
@@ -78,7 +51,7 @@ def predictions(config, workdir, exp):
   """{method: (H, W, N) prediction on the test split}, plus per-stage outputs of the cascade."""
   test, train_cube, rgb = exp.test, exp.train, list(exp.rgb_bands)
   bundles = load_cascade(config, workdir, exp)
-  schedule = train.make_schedule(config.diffusion)
+  schedule = training.make_schedule(config.diffusion)
   settings = sampling.SampleSettings.from_config(config.sample)
   n = config.sample.num_samples
   shape = image_shape(test)
@@ -161,10 +134,3 @@ def markdown_table(all_bands, inferred_bands, exp, config, seconds):
   return "\n".join(lines) + "\n"
 
 
-def split_description(test, config):
-  """'test split columns (80, 145), 145x65 pixels', or for a stack of patches 'test split: 8 patches
-  of 128x128 pixels from the pavia_center builder (metrics: mean over patches)'."""
-  if np.ndim(test) == 3:
-    return f"test split columns {tuple(config.data.test_cols)}, {test.shape[0]}x{test.shape[1]} pixels"
-  return (f"test split: {len(test)} patches of {test.shape[1]}x{test.shape[2]} pixels from the "
-          f"{config.data.name} builder (metrics: mean over patches)")

@@ -1,8 +1,8 @@
 """Benchmark every stage of a config from the config alone: random parameters, no data, no checkpoint.
 
-  python -m spectral_diffusion.benchmark --config=configs/scdm_dfc2018.py --size=128 --json=bench.json
-  python -m spectral_diffusion.benchmark --config=configs/demo_indian_pines.py --size=64 --devices=2
-  python -m spectral_diffusion.benchmark --config=configs/scdm_dfc2018.py --memory --sections= --stages=1
+  python -m spectral_diffusion.tools.benchmark --config=configs/scdm_dfc2018.py --size=128 --json=bench.json
+  python -m spectral_diffusion.tools.benchmark --config=configs/demo_indian_pines.py --size=64 --devices=2
+  python -m spectral_diffusion.tools.benchmark --config=configs/scdm_dfc2018.py --memory --sections= --stages=1
 
 Per stage: parameters; FLOPs of one network call (XLA's cost analysis); compile time; call time (median
 of --repeats after a warm-up call) and GFLOP/s; in the same run the attainable GFLOP/s of this machine
@@ -294,7 +294,8 @@ class BenchStage:
 
 def plan_stages(config):
   """The config's networks with their band counts, planned without data."""
-  from spectral_diffusion import cascade, data, experiment
+  from spectral_diffusion import data
+  from spectral_diffusion.scdm import cascade, experiment
   n = num_bands_of(config)
   if config.method == "anyband":
     return [BenchStage(0, f"anyband: {n} bands", "anyband", n, n, 0.0, 1.0)]
@@ -372,10 +373,10 @@ def eps_function(stage, model, params, inputs, schedule, parameterisation, icmg_
   """The sampler's eps_fn(x_t, t) for this stage, exactly as the method builds it (a tree_util.Partial
   of the method's hashable denoiser), optionally with ICMG and PDT (scdm)."""
   if stage.method == "anyband":
-    from spectral_diffusion import anyband
+    from spectral_diffusion.anyband import model as anyband
     return jax.tree_util.Partial(anyband.Denoiser(model, parameterisation), params, inputs["cond"],
                                  inputs["mask"], schedule)
-  from spectral_diffusion import cascade
+  from spectral_diffusion.scdm import cascade
   denoiser = cascade.StageDenoiser(model, parameterisation, float(icmg_scale), float(pdt_p_start), "eps")
   return jax.tree_util.Partial(denoiser, params, inputs["cond"], schedule)
 
@@ -448,8 +449,8 @@ def time_sampler(name, runner, steps, call_seconds, budget_s, probe_steps):
 
 def bench_stage(config, stage, opts, attainable):
   """Every per-stage figure; `attainable` caches conv probes by shape across stages."""
-  from spectral_diffusion import samplers, train
-  schedule = train.make_schedule(config.diffusion)
+  from spectral_diffusion import samplers, training
+  schedule = training.make_schedule(config.diffusion)
   param = config.diffusion.parameterisation
   size, batch, reps = opts["size"], opts["batch"], opts["repeats"]
   model = build(config, stage)
@@ -529,7 +530,7 @@ def bench_stage(config, stage, opts, attainable):
 
 def guidance_costs(config, stage, model, params, inputs, schedule, fwd, opts):
   """Time and FLOPs of one guided network call over one unguided call (same batch, same inputs)."""
-  from spectral_diffusion import anyband
+  from spectral_diffusion.anyband import model as anyband
   param, reps = config.diffusion.parameterisation, opts["repeats"]
   x, t = inputs["x"], inputs["t"]
   plain = eps_function(stage, model, params, inputs, schedule, param)
@@ -557,7 +558,8 @@ def guidance_costs(config, stage, model, params, inputs, schedule, fwd, opts):
 def anyband_pgs_cost(config, stage, model, params, inputs, schedule, opts):
   """Physics-guided sampling per DDIM step over unguided, through anyband.repair_tiles itself (its own
   guidance loss, indices and RTM emulator), from probe_steps-step runs after a warm-up run of each."""
-  from spectral_diffusion import anyband, baselines, data
+  from spectral_diffusion import baselines, data
+  from spectral_diffusion.anyband import model as anyband
   wl = config_wavelengths(config)
   if wl is None or len(wl) != stage.out_bands:
     return {"skipped": "needs the config's band wavelengths (data.wavelengths, or Indian Pines)"}
@@ -663,7 +665,8 @@ def sharded_figures(config, stage, model, params, schedule, opts, loop):
 def bf16_real_data(config, workdir):
   """A trained SCDM cascade sampled on its real test split in float32 and in bfloat16 (same weights,
   same noise): MPSNR of each against the truth, and of bfloat16 against float32."""
-  from spectral_diffusion import cascade, evaluate, experiment, metrics, sampling, train
+  from spectral_diffusion import metrics, sampling, training
+  from spectral_diffusion.scdm import cascade, evaluate, experiment
   if config.method != "scdm":
     raise UserInputError("--workdir compares bfloat16 on a trained SCDM cascade; this config is "
                          f"method={config.method}")
@@ -673,7 +676,7 @@ def bf16_real_data(config, workdir):
   exp = experiment.load_experiment(cfg)
   bundles = evaluate.load_cascade(cfg, workdir, exp)
   bundles16 = [dataclasses.replace(b, model=b.model.clone(dtype=jnp.bfloat16)) for b in bundles]
-  schedule = train.make_schedule(cfg.diffusion)
+  schedule = training.make_schedule(cfg.diffusion)
   rgb = exp.test[..., list(exp.rgb_bands)]
   settings = sampling.SampleSettings.from_config(cfg.sample)
   out = {"workdir": os.path.abspath(workdir), "test_shape": list(exp.test.shape),
@@ -702,7 +705,8 @@ def memory_case(config, case, size):
   train / train_remat: one SCDM training step of the config's last stage at size x size, batch 1,
   remat off / on. sample: one sampling network call of the last stage at size x size, batch 1, with
   the stage's configured ICMG and PDT (ICMG doubles the batch of the call)."""
-  from spectral_diffusion import train
+  from spectral_diffusion import training
+  from spectral_diffusion.scdm import train
   if config.method != "scdm":
     raise UserInputError("--memory measures an SCDM stage (training step and sampling call); use an SCDM "
                          "config such as configs/scdm_dfc2018.py")
@@ -712,7 +716,7 @@ def memory_case(config, case, size):
   check_size(build(config, stage), size)
   jnp.zeros(()).block_until_ready()   # start the backend so the baseline includes it
   base_rss = peak_rss_bytes()
-  schedule = train.make_schedule(config.diffusion)
+  schedule = training.make_schedule(config.diffusion)
   model = build(config, stage, remat=(case == "train_remat"))
   params = jax.device_put(random_params(model, stage, seed=0))
   host = random_inputs(stage, 1, size, seed=1)
@@ -720,8 +724,8 @@ def memory_case(config, case, size):
          "dtype": config.model.dtype, "memory_scheduler": CPU_MEMORY_SCHEDULER in os.environ.get("XLA_FLAGS", ""),
          "xla_flags": os.environ.get("XLA_FLAGS", "")}
   if case.startswith("train"):
-    optimizer = train.make_optimizer(config.train)
-    state = train.new_train_state(params, optimizer)
+    optimizer = training.make_optimizer(config.train)
+    state = training.new_train_state(params, optimizer)
     step_fn = train.make_train_step(model, schedule, optimizer, config.diffusion, config.train)
     batch = {"x0": jnp.asarray(host["x"]), "cond": jnp.asarray(host["cond"]),
              "offset": jnp.zeros_like(jnp.asarray(host["x"]))}
@@ -764,7 +768,7 @@ def memory_section(config_argv, opts):
   for case, size, memory_scheduler in cases:
     label = case + (" (memory scheduler)" if memory_scheduler else "")
     log(f"memory: {label} at {size}x{size} in a subprocess (may take minutes)")
-    cmd = [sys.executable, "-m", "spectral_diffusion.benchmark", *config_argv, f"--memory_case={case}",
+    cmd = [sys.executable, "-m", "spectral_diffusion.tools.benchmark", *config_argv, f"--memory_case={case}",
            f"--size={size}"]
     env = dict(os.environ)
     if memory_scheduler:
@@ -1007,7 +1011,7 @@ def set_cpu_devices(n):
     pass
   if jax.default_backend() == "cpu" and len(jax.devices()) != n:
     raise UserInputError(f"--devices={n} but JAX already runs with {len(jax.devices())} CPU device(s): "
-                         f"start the benchmark in a fresh process (python -m spectral_diffusion.benchmark)")
+                         f"start the benchmark in a fresh process (python -m spectral_diffusion.tools.benchmark)")
 
 
 def main(argv=None):

@@ -1,15 +1,13 @@
-"""AnyBand-Diff: rebuild every band of a cube from any subset of its bands.
+"""The AnyBand-Diff model on arrays: the experiment's data, the physical operators, the model space
+over the regression prior, loading a trained model, and physics-guided repair of tiles.
 
-Training (masked conditional diffusion): each sample's condition comes from dual stochastic masking
-(a simulated sensor or the full grid, then random band drops); the network predicts the cube in a
-residual space over the Gaussian band regression from the observed bands (`diffusion.prior = "ridge"`,
-or none); the loss adds the multi-scale physical loss (MSPL). Sampling: DDIM with physics-guided eps
-(PGS), observed bands kept as given.
-
-Layout of a workdir: anyband/ (the model), anyband_no_dsm/ and anyband_no_mspl/ (ablations), eval/.
+What is observed is a band mask M (1 = observed) and the observed values; the network diffuses
+target_scale * (x - reference), the reference being the Gaussian band regression from the observed
+bands (`diffusion.prior = "ridge"`) or 0.5; sampling is DDIM or DPM-Solver++ with physics-guided eps
+(PGS) and observed bands kept as given. A workdir holds anyband/ (the model), anyband_no_dsm/ and
+anyband_no_mspl/ (ablations) and eval/.
 """
 import dataclasses
-import json
 import os
 
 import flax.struct
@@ -18,9 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from spectral_diffusion import baselines, cascade, checkpoints, data, experiment, guidance, losses, models
-from spectral_diffusion import physics, sampling, schedules, sharding, train
-from spectral_diffusion.data import masking
+from spectral_diffusion import baselines, checkpoints, data, guidance, losses, models, physics, sampling
+from spectral_diffusion import sharding, training
+from spectral_diffusion.data import splits
 from spectral_diffusion.errors import UserInputError
 
 VARIANTS = ("anyband", "no_dsm", "no_mspl")  # the model and its two training ablations
@@ -43,10 +41,8 @@ class AnyBandData:
 
 
 def load_data(config):
-  split = experiment.load_split(config)
-  if config.data.normalise != "minmax":  # sensor simulation commutes only with one global affine map
-    raise UserInputError("anyband needs data.normalise=minmax (one global scale keeps sensor "
-                         "simulation valid in normalised units)")
+  check_config(config)
+  split = splits.load_split(config)
   if split.wavelengths_nm is None:
     raise UserInputError(f"{split.name} has no band wavelengths, which anyband needs (sensors, indices): "
                          f"set --config.data.wavelengths_key=NAME (a variable in the .mat file) or "
@@ -111,69 +107,22 @@ class ModelSpace(flax.struct.PyTreeNode):
     return y / self.target_scale + reference
 
 
-def mspl(phys, weights, bandwidth, corr_prior, x0_hat, x0):
-  """Per-sample multi-scale physical loss on normalised cubes (B, H, W, N)."""
-  w_px, w_reg, w_img = weights
-  total = jnp.zeros(x0.shape[0])
-  if w_px:
-    total += w_px * losses.pixel_loss(x0_hat, corr_prior)
-  if w_reg or w_img:
-    r_hat, r = phys.reflectance(x0_hat), phys.reflectance(x0)
-    if w_reg:
-      (ndvi_hat, ndwi_hat), (ndvi, ndwi) = phys.indices(r_hat), phys.indices(r)
-      total += w_reg * (losses.region_loss(ndvi_hat, ndvi, bandwidth) +
-                        losses.region_loss(ndwi_hat, ndwi, bandwidth))
-    if w_img:
-      total += w_img * losses.image_loss(phys.emulator.project, r_hat, r)
-  return total
-
-
-def make_train_step(model, schedule, optimizer, config, variant, space, bank, phys, corr_prior):
-  """Pure (state, batch, rng) -> (state, metrics), as train.make_train_step, for masked conditional
-  diffusion: masks are drawn inside the step."""
-  dc, tc = config.diffusion, config.train
-  use_dsm = config.masking.dsm and variant != "no_dsm"
-  mspl_weight = 0.0 if variant == "no_mspl" else float(config.physics.mspl_weight)
-  terms = tuple(float(w) for w in config.physics.mspl_terms)
-  T = schedule.num_timesteps
-
-  def step_fn(state, batch, rng):
-    x0 = batch["x0"]
-    b = x0.shape[0]
-    rng = jax.random.fold_in(rng, state.step)
-    r_mask, r_t, r_noise, r_drop = jax.random.split(rng, 4)
-    if use_dsm:
-      x_obs, mask = masking.dual_stochastic_mask(r_mask, x0, bank, config.masking.p_full_grid,
-                                                 tuple(config.masking.p_drop))
-    else:
-      x_obs, mask = masking.uniform_drop_mask(r_mask, x0, config.masking.p_drop_fixed)
-    ref = space.reference(x_obs, mask)
-    cond = space.condition(x_obs, mask, ref)
-    y0 = space.to_model(x0, ref)
-    t = jax.random.randint(r_t, (b,), 0, T)
-    eps = jax.random.normal(r_noise, y0.shape, y0.dtype)
-    y_t = schedules.q_sample(schedule, y0, t, eps)
-
-    def loss_fn(params):
-      out = model.apply({"params": params}, y_t, t, cond, mask, train=True, rngs={"dropout": r_drop})
-      per_sample = losses.diffusion_loss(schedule, dc.parameterisation, dc.loss, dc.sam_weight, y0, y_t, t,
-                                         eps, out, space.target_scale * ref)
-      if mspl_weight:
-        _, y0_hat = losses.to_eps_and_x0(schedule, dc.parameterisation, y_t, t, out)
-        per_sample += mspl_weight * mspl(phys, terms, config.physics.kde_bandwidth, corr_prior,
-                                         space.from_model(y0_hat, ref), x0)
-      return per_sample.mean(), per_sample
-
-    return train.apply_gradients(state, loss_fn, optimizer, tc, t, T)
-
-  return step_fn
+def _one(value):
+  """diffusion.prior as one value (a cascade's per-stage tuple of one entry, or the value)."""
+  values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if len(values) != 1:
+    raise UserInputError(f"anyband takes one diffusion.prior, not {values}")
+  return values[0]
 
 
 def check_config(config):
-  train.check_diffusion_settings(config.diffusion)
-  prior = cascade.per_stage(config.diffusion.prior, 0, "diffusion.prior")
+  training.check_diffusion_settings(config.diffusion)
+  prior = _one(config.diffusion.prior)
   if prior not in PRIORS:
     raise UserInputError(f"anyband takes diffusion.prior none or ridge, not {prior!r}")
+  if config.data.normalise != "minmax":  # sensor simulation commutes only with one global affine map
+    raise UserInputError("anyband needs data.normalise=minmax (one global scale keeps sensor "
+                         "simulation valid in normalised units)")
   if config.model.name != "anyband_unet":
     raise UserInputError(f"method=anyband needs model.name=anyband_unet, not {config.model.name!r}")
   terms = tuple(config.physics.mspl_terms)
@@ -185,93 +134,6 @@ def check_config(config):
   return prior
 
 
-def needs_emulator(config, variant="anyband"):
-  image_term = config.physics.mspl_weight and config.physics.mspl_terms[2] and variant != "no_mspl"
-  return bool(image_term or (config.physics.guidance_scale and config.physics.guidance_terms[2]))
-
-
-def correlation_prior(train_cube, crop_size, seed, num_crops=256):
-  """S for the pixel term: the mean band correlation over random training crops of the training size."""
-  rng = np.random.default_rng([seed, 7])
-  crops = data.random_crops(train_cube, rng, num_crops, crop_size, False)
-  return jnp.mean(jax.jit(losses.band_correlation)(jnp.asarray(crops)), axis=0)
-
-
-def fit_model_space(config, d, bank, prior):
-  """The model space; target_scale 0 = auto: unit std of the residual under DSM on training crops."""
-  gaussian = baselines.BandGaussian(*(jnp.asarray(a) for a in d.gaussian))
-  scale = float(config.diffusion.target_scale)
-  if scale:
-    return ModelSpace(gaussian, scale, prior == "ridge")
-  space = ModelSpace(gaussian, 1.0, prior == "ridge")
-  crops = jnp.asarray(data.random_crops(d.train, np.random.default_rng([config.seed, 8]), 64,
-                                        config.data.crop_size, False))
-  x_obs, mask = masking.dual_stochastic_mask(jax.random.key(config.seed), crops, bank,
-                                             config.masking.p_full_grid, tuple(config.masking.p_drop))
-  resid = space.to_model(crops, space.reference(x_obs, mask))
-  return ModelSpace(gaussian, float(1.0 / max(float(jnp.std(resid)), 1e-6)), prior == "ridge")
-
-
-def metadata(config, d, space, variant):
-  """What repair needs besides the weights: data space, prior, band grid (JSON beside the checkpoint)."""
-  return {
-      "method": "anyband", "variant": variant, "num_bands": d.num_bands,
-      "wavelengths_nm": [float(w) for w in d.wavelengths_nm],
-      "normaliser": d.normaliser.to_dict(), "target_scale": space.target_scale,
-      "gaussian": {k: np.asarray(v).tolist() for k, v in d.gaussian._asdict().items()},
-      "sensors": [s.name for s in d.library], "crop_size": config.data.crop_size,
-      **train.model_settings(config), "config": train.config_dict(config),
-  }
-
-
-def example_args(num_bands, crop_size):
-  cube = jnp.zeros((1, crop_size, crop_size, num_bands), jnp.float32)
-  return cube, jnp.zeros((1,), jnp.int32), cube, jnp.zeros((1, num_bands), jnp.float32)
-
-
-def model_dir(workdir, variant):
-  return os.path.join(os.path.abspath(workdir), "anyband" if variant == "anyband" else f"anyband_{variant}")
-
-
-def train_variant(config, workdir, d, variant, mesh=None):
-  """Trains (or resumes) one model of the experiment; returns its final TrainState."""
-  prior = check_config(config)
-  n = d.num_bands
-  model = models.build_model(config.model, n)
-  train.check_crop_size(config, model)
-  optimizer = train.make_optimizer(config.train)
-  bank = masking.sensor_bank(d.library, n)
-  space = fit_model_space(config, d, bank, prior)
-  phys = make_physics(config, d.wavelengths_nm, d.normaliser, needs_emulator(config, variant))
-  pixel_term = variant != "no_mspl" and config.physics.mspl_weight and config.physics.mspl_terms[0]
-  corr = correlation_prior(d.train, config.data.crop_size, config.seed) if pixel_term else None
-  init = train.state_initializer(model, optimizer,
-                                 example_args(n, config.data.crop_size))
-  step_fn = make_train_step(model, train.make_schedule(config.diffusion), optimizer, config, variant, space,
-                            bank, phys, corr)
-  stream = VARIANTS.index(variant)
-  return train.fit(config, model_dir(workdir, variant), init, step_fn,
-                   lambda step: {"x0": data.random_crops(d.train, np.random.default_rng([config.seed, stream, step]),
-                                                         config.train.batch_size, config.data.crop_size,
-                                                         config.data.augment)},
-                   metadata(config, d, space, variant), stream=stream, desc=f"anyband ({variant})",
-                   workdir=workdir, mesh=mesh)
-
-
-def train_and_evaluate(config, workdir):
-  """Trains the model and the configured ablations, then writes workdir/eval."""
-  from spectral_diffusion import anyband_eval  # matplotlib only when evaluating
-  d = load_data(config)
-  # Sensor bands outside the grid are skipped, never used silently: say which.
-  print("sensor library on this grid:\n  " + "\n  ".join(physics.describe_library(d.library)))
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
-  for variant in ("anyband",) + ablations(config):
-    train_variant(config, workdir, d, variant)
-  return anyband_eval.evaluate(config, workdir, d)
-
-
 def ablations(config):
   wanted = tuple(config.eval.ablations)
   for a in wanted:
@@ -280,7 +142,13 @@ def ablations(config):
   return wanted
 
 
-# ---------------------------------------------------------------------------------------------- repair
+def needs_emulator(config, variant="anyband"):
+  image_term = config.physics.mspl_weight and config.physics.mspl_terms[2] and variant != "no_mspl"
+  return bool(image_term or (config.physics.guidance_scale and config.physics.guidance_terms[2]))
+
+
+def model_dir(workdir, variant):
+  return os.path.join(os.path.abspath(workdir), "anyband" if variant == "anyband" else f"anyband_{variant}")
 
 
 @dataclasses.dataclass
@@ -297,7 +165,7 @@ def load_model(config, workdir, variant="anyband"):
   """A trained model of the experiment (EMA parameters, no optimizer), checked against the config."""
   directory = model_dir(workdir, variant)
   params, meta = checkpoints.load(directory, f"the {variant} model")
-  train.check_metadata(meta, train.model_settings(config), directory)
+  checkpoints.check_metadata(meta, checkpoints.model_settings(config), directory)
   return bundle_from_checkpoint(params, meta, check_config(config))
 
 
@@ -452,7 +320,7 @@ def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, n
   cube = np.where(mask > 0, np.asarray(cube_obs, np.float32), 0.0).astype(np.float32)
   size, overlap, _ = sampling.tiling(bundle.model.min_size, sampling.SampleSettings.from_config(config.sample),
                                      *cube.shape[:2])
-  schedule = train.make_schedule(config.diffusion)
+  schedule = training.make_schedule(config.diffusion)
   calls = iter(range(1 << 30))
 
   def fn(tiles):
@@ -466,4 +334,5 @@ def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, n
   if config.repair.keep_observed:
     out[..., mask > 0] = cube[..., mask > 0]
   return out
+
 

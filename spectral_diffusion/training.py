@@ -1,9 +1,10 @@
-"""Training: one independent diffusion model per cascade stage, with EMA, Orbax resume and a NaN guard.
+"""The training loop both methods share: optimizer, EMA, NaN guard, Orbax checkpoints, automatic resume.
 
-`train_and_evaluate(config, workdir)` trains every stage (workdir/stage_k/checkpoints) and then runs the
-evaluator. A run killed at any moment and restarted with the same command resumes from the last
-checkpoint and ends with the same parameters as an uninterrupted run: the data and every random draw
-depend only on (seed, stage, step).
+`fit(config, directory, init, step_fn, batch_fn, meta, ...)` trains one model to config.train.num_steps,
+resuming from directory/checkpoints; a method supplies the initialiser, the pure step function and the
+batch for each step. A run killed at any moment and restarted with the same command resumes from the
+last checkpoint and ends with the same parameters as an uninterrupted run when the batches and random
+draws depend only on (seed, stream, step), as both methods' do.
 """
 import json
 import os
@@ -12,13 +13,11 @@ import time
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from spectral_diffusion import baselines, cascade, checkpoints, data, experiment, losses, models, schedules
-from spectral_diffusion import sharding
+from spectral_diffusion import checkpoints, losses, schedules, sharding
 from spectral_diffusion.errors import TrainingDiverged, UserInputError
 from spectral_diffusion.progress import MetricsWriter, Progress
 
@@ -71,46 +70,12 @@ def state_initializer(model, optimizer, example_args):
   return init
 
 
-def scdm_example_args(out_bands, crop_size, cond_bands):
-  return (jnp.zeros((1, crop_size, crop_size, out_bands), jnp.float32), jnp.zeros((1,), jnp.int32),
-          jnp.zeros((1, crop_size, crop_size, cond_bands), jnp.float32))
-
-
 def check_diffusion_settings(diffusion_cfg):
   if diffusion_cfg.parameterisation not in losses.PARAMETERISATIONS:
     raise UserInputError(f"unknown diffusion.parameterisation {diffusion_cfg.parameterisation!r}: "
                          f"use eps, x0 or v")
   if diffusion_cfg.loss not in ("mse", "l1"):
     raise UserInputError(f"unknown diffusion.loss {diffusion_cfg.loss!r}: use mse or l1")
-
-
-def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg):
-  """Pure (state, batch, rng) -> (state, metrics). The update is skipped when loss or grads are not
-  finite, so the state handed back is always the last good one."""
-  check_diffusion_settings(diffusion_cfg)
-  param = diffusion_cfg.parameterisation
-  T = schedule.num_timesteps
-
-  def step_fn(state, batch, rng):
-    x0, cond, offset = batch["x0"], batch["cond"], batch["offset"]
-    b = x0.shape[0]
-    rng = jax.random.fold_in(rng, state.step)
-    r_t, r_noise, r_unc, r_drop = jax.random.split(rng, 4)
-    t = jax.random.randint(r_t, (b,), 0, T)
-    eps = jax.random.normal(r_noise, x0.shape, x0.dtype)
-    keep = jax.random.bernoulli(r_unc, 1.0 - diffusion_cfg.p_uncond, (b,))
-    cond = cond * keep[:, None, None, None].astype(cond.dtype)
-    x_t = schedules.q_sample(schedule, x0, t, eps)
-
-    def loss_fn(params):
-      out = model.apply({"params": params}, x_t, t, cond, train=True, rngs={"dropout": r_drop})
-      per_sample = losses.diffusion_loss(schedule, param, diffusion_cfg.loss, diffusion_cfg.sam_weight,
-                                         x0, x_t, t, eps, out, offset)
-      return per_sample.mean(), per_sample
-
-    return apply_gradients(state, loss_fn, optimizer, train_cfg, t, T)
-
-  return step_fn
 
 
 def apply_gradients(state, loss_fn, optimizer, train_cfg, t, num_timesteps):
@@ -132,57 +97,11 @@ def apply_gradients(state, loss_fn, optimizer, train_cfg, t, num_timesteps):
                "bucket_sum": bucket_sum, "bucket_count": bucket_count}
 
 
-def stage_training_cube(train_cube, stage, space):
-  """(H, W, in + out + out): input bands, target bands and the reference, computed once per stage.
-  The prior works pixel by pixel, so cropping, flipping and turning commute with it."""
-  cond = train_cube[..., list(stage.in_bands)]
-  return np.concatenate([cond, train_cube[..., list(stage.out_bands)], space.reference(cond)], axis=-1)
-
-
-def make_batch(stage_cube, stage, space, train_cfg, data_cfg, seed, step):
-  """The global batch for `step`, a pure function of (seed, stage, step) so resumed runs match."""
-  rng = np.random.default_rng([seed, stage.index, step])
-  crops = data.random_crops(stage_cube, rng, train_cfg.batch_size, data_cfg.crop_size, data_cfg.augment)
-  n_in, n_out = len(stage.in_bands), len(stage.out_bands)
-  cond, y, ref = crops[..., :n_in], crops[..., n_in:n_in + n_out], crops[..., n_in + n_out:]
-  return {"x0": space.to_model(y, ref),
-          "cond": space.network_condition(cond, ref),
-          "offset": (space.target_scale * ref).astype(np.float32)}
-
-
 def checkpoint_manager(directory, train_cfg=None, read_only=False):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=train_cfg.keep_checkpoints if train_cfg else None,
       enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
-
-
-def stage_metadata(config, exp, stage, space):
-  """Everything inference needs besides the weights, stored as JSON beside them."""
-  prior = None
-  if space.prior is not None:
-    prior = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
-             for k, v in space.prior._asdict().items()}
-  return {
-      "method": "scdm", "stage": stage.index, "num_stages": len(exp.stages), "num_bands": exp.num_bands,
-      "rgb_bands": list(exp.rgb_bands),
-      "in_bands": list(stage.in_bands), "out_bands": list(stage.out_bands),
-      "cond_bands": space.condition_bands(len(stage.in_bands)),
-      "target_scale": space.target_scale, "prior": prior,
-      "normaliser": exp.normaliser.to_dict(),
-      "wavelengths_nm": None if exp.wavelengths_nm is None else [float(w) for w in exp.wavelengths_nm],
-      "crop_size": config.data.crop_size, **model_settings(config), "config": config_dict(config),
-  }
-
-
-def config_dict(config):
-  """The whole config as JSON gives it back (stored with checkpoints: pipelines load with it)."""
-  return json.loads(json.dumps(config.to_dict(), default=str))
-
-
-def model_settings(config):
-  """The settings a checkpoint must share with the config that loads it, as JSON gives them back."""
-  return json.loads(json.dumps({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict()}))
 
 
 def abstract_state(init, mesh):
@@ -202,37 +121,6 @@ def restore_checkpoint(manager, step, target):
         f"checkpoint {manager.directory}/{step} is corrupt or does not match this config ({msg}); "
         f"use the config it was trained with, or move it away and train again") from None
   return restored["state"], restored["meta"]
-
-
-def check_metadata(meta, expected, directory):
-  """A checkpoint must match the config in band plan (when known) and in model/diffusion settings."""
-  for key in ("in_bands", "out_bands", "num_bands", "cond_bands"):
-    if key in expected and meta.get(key) != expected[key]:
-      raise UserInputError(
-          f"checkpoint in {directory} was trained with {key}={meta.get(key)}, this config gives "
-          f"{expected[key]}; use the matching config or a fresh --workdir")
-  for section in ("model", "diffusion"):
-    if meta.get(section) != expected[section]:
-      diff = sorted(k for k in expected[section] if meta.get(section, {}).get(k) != expected[section][k])
-      raise UserInputError(f"checkpoint in {directory} was trained with different {section} settings "
-                           f"({', '.join(diff)}); use the matching config or a fresh --workdir")
-
-
-def train_stage(config, workdir, exp, stage, mesh=None):
-  """Trains (or resumes) one stage up to config.train.num_steps; returns the final TrainState."""
-  space = experiment.fit_stage_space(config, stage, exp.train)
-  model = models.build_model(config.model, len(stage.out_bands))
-  check_crop_size(config, model)
-  optimizer = make_optimizer(config.train)
-  cond_bands = space.condition_bands(len(stage.in_bands))
-  init = state_initializer(model, optimizer,
-                           scdm_example_args(len(stage.out_bands), config.data.crop_size, cond_bands))
-  step_fn = make_train_step(model, make_schedule(config.diffusion), optimizer, config.diffusion, config.train)
-  stage_cube = stage_training_cube(exp.train, stage, space)
-  return fit(config, experiment.stage_dir(workdir, stage.index), init, step_fn,
-             lambda step: make_batch(stage_cube, stage, space, config.train, config.data, config.seed, step),
-             stage_metadata(config, exp, stage, space), stream=stage.index,
-             desc=f"stage {stage.index + 1}/{len(exp.stages)}", workdir=workdir, mesh=mesh)
 
 
 def check_crop_size(config, model):
@@ -256,7 +144,7 @@ def fit(config, directory, init, step_fn, batch_fn, meta, stream, desc, workdir,
   latest = manager.latest_step()
   if latest is not None:
     state, saved_meta = restore_checkpoint(manager, latest, abstract_state(init, mesh))
-    check_metadata(saved_meta, meta, directory)
+    checkpoints.check_metadata(saved_meta, meta, directory)
   else:
     state = jax.jit(init, out_shardings=repl)(jax.random.fold_in(jax.random.key(config.seed), stream))
 
@@ -325,46 +213,8 @@ def _check_finite(metrics, step, manager):
         f"(step {manager.latest_step()}) is kept: lower train.learning_rate or set train.grad_clip")
 
 
-def train(config, workdir):
-  """Trains the stages named in config.train.stages (all by default)."""
-  sharding.maybe_initialize_distributed(config.distributed.initialize)
-  exp = experiment.load_experiment(config)
-  wanted = tuple(config.train.stages) or tuple(range(len(exp.stages)))
-  for k in wanted:
-    if not 0 <= k < len(exp.stages):
-      raise UserInputError(f"train.stages has {k}, but the cascade has stages 0..{len(exp.stages) - 1}")
+def write_config(config, workdir):
+  """workdir/config.json: the whole config of a run, for people (checkpoints also store it)."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     json.dump(config.to_dict(), f, indent=1, default=str)
-  for k in wanted:
-    train_stage(config, workdir, exp, exp.stages[k])
-  return exp
-
-
-def train_and_evaluate(config, workdir):
-  """Trains every stage, then writes workdir/eval (metrics.json, table, figures)."""
-  from spectral_diffusion import evaluate  # evaluation pulls in matplotlib; training does not need it
-  exp = train(config, workdir)
-  return evaluate.evaluate(config, workdir, exp)
-
-
-def stage_bundle(params, meta):
-  """A trained stage ready to sample, from its EMA parameters and checkpoint metadata alone."""
-  stage = cascade.Stage(int(meta["stage"]), tuple(meta["in_bands"]), tuple(meta["out_bands"]))
-  prior = None
-  if meta["prior"] is not None:
-    prior = baselines.RidgeModel(**{k: (np.asarray(v) if isinstance(v, list) else v)
-                                    for k, v in meta["prior"].items()})
-  space = cascade.StageSpace(len(stage.out_bands), meta["target_scale"], prior)
-  model = models.build_model(ml_collections.ConfigDict(meta["model"]), len(stage.out_bands))
-  return cascade.StageBundle(stage, space, model, params, meta["diffusion"]["parameterisation"])
-
-
-def load_stage(config, workdir, stage_index, step=None):
-  """A trained stage from workdir/stage_k (EMA weights, no optimizer), checked against the config:
-  everything else comes from the checkpoint, so sampling needs no training data.
-  Returns (StageBundle, metadata)."""
-  sdir = experiment.stage_dir(workdir, stage_index)
-  params, meta = checkpoints.load(sdir, f"stage {stage_index + 1}", step)
-  check_metadata(meta, model_settings(config), sdir)
-  return stage_bundle(params, meta), meta

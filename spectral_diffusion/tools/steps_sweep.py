@@ -1,6 +1,6 @@
 """Quality against sampler steps: the trained SCDM cascade on the test split, per sampler and step count.
 
-  python -m spectral_diffusion.steps_sweep --config=configs/demo_indian_pines.py --workdir=runs/demo \\
+  python -m spectral_diffusion.tools.steps_sweep --config=configs/demo_indian_pines.py --workdir=runs/demo \\
       --steps=10,20,50,100
 
 Runs DDIM and DPM-Solver++(2M) (--samplers, --spacings) at each step count, then ancestral DDPM over all T
@@ -17,9 +17,9 @@ import sys
 import time
 
 import jax
-import numpy as np
 
-from spectral_diffusion import cascade, evaluate, experiment, samplers, sampling, train
+from spectral_diffusion import samplers, sampling, training
+from spectral_diffusion.scdm import cascade, evaluate, experiment
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
@@ -79,7 +79,7 @@ def run_sweep(config, workdir, plan, exp=None, partial_path=None):
   With partial_path, the rows so far are saved there after each setting (a long DDPM run may be cut)."""
   exp = exp or experiment.load_experiment(config)
   bundles = evaluate.load_cascade(config, workdir, exp)
-  schedule = train.make_schedule(config.diffusion)
+  schedule = training.make_schedule(config.diffusion)
   test, rgb = exp.test, list(exp.rgb_bands)
   span = float(exp.normaliser.span)
   inferred = [b for b in range(exp.num_bands) if b not in exp.rgb_bands]
@@ -146,7 +146,6 @@ def markdown(rows, exp, config, tolerance_db):
 
 
 def plot(path, rows):
-  from spectral_diffusion import plots  # noqa: F401  (sets the Agg backend once, for files only)
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   ref = next((r for r in rows if r["sampler"] == "ddpm"), None)

@@ -1,0 +1,1 @@
+"""SCDM (spectral-cascaded diffusion): RGB -> every band through a cascade of conditional diffusion U-Nets."""

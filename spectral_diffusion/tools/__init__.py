@@ -1,0 +1,1 @@
+"""Command-line tools beside the main CLI: the benchmark and the sampler-steps sweep."""
