@@ -7,8 +7,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    # configs/ installs too, so `from configs import demo_indian_pines` works anywhere (notebooks, scripts).
     packages=find_packages(include=["spectral_diffusion", "spectral_diffusion.*", "tfds_builders",
-                                    "tfds_builders.*"]),
+                                    "tfds_builders.*", "configs"]),
     package_data={"spectral_diffusion.physics": ["weights/*.npz"]},
     install_requires=[
         "jax>=0.10.2",

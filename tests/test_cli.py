@@ -70,6 +70,38 @@ def test_nan_pixels_in_training_data(capsys, tmp_path, crop_file):
   assert code == 2 and len(err) == 1 and "NaN" in err[0] and "row 3, col 7" in err[0]
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("--config.sample.sampler=euler", "sample.sampler"),
+    ("--config.sample.batch_size=0", "sample.batch_size"),
+    ("--config.sample.pdt_target=x", "sample.pdt_target"),
+    ("--config.train.optimizer=sgd", "train.optimizer"),
+    ("--config.train.batch_size=0", "train.batch_size"),
+    ("--config.data.source=web", "data.source"),
+    ("--config.diffusion.parameterisation=score", "diffusion.parameterisation"),
+    ("--config.diffusion.prior=('lasso',)", "diffusion.prior"),
+    ("--config.model.dtype=float16", "model.dtype"),
+    ("--config.data.crop_size=18", "data.crop_size"),
+    ("--config.cascade.num_stages=0", "cascade.num_stages"),
+])
+def test_settings_are_checked_before_any_work(capsys, tmp_path, override, expected):
+  workdir = tmp_path / "w"
+  code, err = run(capsys, f"--config={DEMO}", override, f"--workdir={workdir}")  # train: data not read yet
+  assert code == 2 and len(err) == 1 and expected in err[0], err
+  assert not workdir.exists()
+
+
+def test_mode_and_method_must_match(capsys, tmp_path):
+  code, err = run(capsys, f"--config={DEMO}", "--mode=repair", f"--input={tmp_path}/x.npy")
+  assert code == 2 and len(err) == 1 and "--mode=sample" in err[0] and "anyband" in err[0]
+  code, err = run(capsys, "--config=configs/anyband_demo_indian_pines.py", "--mode=sample",
+                  f"--input={tmp_path}/x.npy")
+  assert code == 2 and len(err) == 1 and "--mode=repair" in err[0]
+  code, err = run(capsys, f"--config={DEMO}", "--config.method=anyband", "--mode=describe")
+  assert code == 2 and len(err) == 1 and "get_config('anyband')" in err[0]
+  code, err = run(capsys, f"--config={DEMO}", "--mode=sample", f"--input={tmp_path}/x.npy", "--input_bands=r,g,b")
+  assert code == 2 and len(err) == 1 and "--input_bands" in err[0]
+
+
 def test_describe_paper_config(capsys):
   assert cli.main(["main", "--config=configs/scdm_dfc2018.py", "--mode=describe"]) == 0
   out = capsys.readouterr().out
