@@ -48,10 +48,6 @@ def _paths(model_dir, step=None):
   return os.path.join(root, "state"), os.path.join(root, "meta"), step
 
 
-def exists(model_dir):
-  return _paths(os.path.abspath(model_dir))[0] is not None
-
-
 def load_meta(model_dir, what="the model", step=None):
   """The metadata (a dict) of the model in model_dir; a one-line UserInputError when there is none."""
   model_dir = os.path.abspath(model_dir)

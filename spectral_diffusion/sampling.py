@@ -133,10 +133,9 @@ def num_tile_batches(min_size, settings, height, width):
   return -(-len(tiling(min_size, settings, height, width)[2]) // settings.batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("tile_fn", "size", "out_bands"), donate_argnames=("acc",))
-def _tile_batch(tile_fn, params, image, acc, positions, valid, window, rng, size, out_bands):
+@functools.partial(jax.jit, static_argnames=("tile_fn", "size"), donate_argnames=("acc",))
+def _tile_batch(tile_fn, params, image, acc, positions, valid, window, rng, size):
   """acc + the blended outputs of tile_fn on the tiles at `positions` (rows of (y, x)); one compiled call."""
-  del out_bands  # static only: acc's shape is fixed by it, kept in the cache key for clarity
   bands = image.shape[-1]
   tiles = jax.vmap(lambda p: jax.lax.dynamic_slice(image, (p[0], p[1], 0), (size, size, bands)))(positions)
   tiles = sharding.constrain_to_local_devices(tiles)  # data-parallel over this host's devices
@@ -172,7 +171,7 @@ def run_tiled(tile_fn, params, image, rng, min_size, settings, out_bands, progre
     valid = np.arange(batch) < len(chunk)
     chunk = np.asarray(chunk + [chunk[-1]] * (batch - len(chunk)), np.int32)
     acc = _tile_batch(tile_fn, params, image, acc, chunk, valid.astype(np.float32), window,
-                      jax.random.fold_in(rng, i), size, out_bands)
+                      jax.random.fold_in(rng, i), size)
     if progress is not None:
       progress.update(1)
   return acc / jnp.asarray(weight)

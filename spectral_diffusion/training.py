@@ -97,10 +97,9 @@ def apply_gradients(state, loss_fn, optimizer, train_cfg, t, num_timesteps):
                "bucket_sum": bucket_sum, "bucket_count": bucket_count}
 
 
-def checkpoint_manager(directory, train_cfg=None, read_only=False):
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=train_cfg.keep_checkpoints if train_cfg else None,
-      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
+def checkpoint_manager(directory, train_cfg):
+  """Full training states (for resume); inference reads the EMA parameters through `checkpoints`."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=train_cfg.keep_checkpoints)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 
 

@@ -1,6 +1,5 @@
 """The Python API: pipelines on arrays, the compiled cascade program, and checkpoints without optimizers."""
 import os
-import re
 import shutil
 
 import jax
@@ -11,7 +10,7 @@ import scipy.io
 
 from conftest import raises_one_line
 from spectral_diffusion import checkpoints, physics, pipelines, sampling
-from spectral_diffusion.scdm import cascade
+from spectral_diffusion.scdm import cascade, experiment
 from spectral_diffusion import main as cli
 from spectral_diffusion.errors import UserInputError
 
@@ -47,7 +46,7 @@ def test_scdm_python_program_is_the_command_line(trained, rgb, tmp_path, capsys)
   cube = scdm.sample(rgb, jax.random.key(config.seed))
   np.testing.assert_array_equal(cube, np.load(tmp_path / "out.npy"))
   assert cube.shape == (24, 21, 200) and cube.dtype == np.float32
-  assert scdm.rgb_bands == tuple(config.data.rgb_bands or scdm.rgb_bands) and len(scdm.wavelengths) == 200
+  assert scdm.rgb_bands == experiment.rgb_bands(config.data, scdm.wavelengths, 200) and len(scdm.wavelengths) == 200
 
 
 def test_sample_shapes_batches_and_posterior_mean(compiled, rgb):
