@@ -10,7 +10,7 @@ testing (see its docstring). dc.tif stores no band centres: the builder then use
 centres over 400-2400 nm, so give the true ones with --config.data.wavelengths (or put a .mat with a
 'wavelengths' variable, or an ENVI file, in place of dc.tif). Settings as configs/anyband_paviau.py (the
 paper uses one recipe for both scenes); RTM emulator weights for this grid do not ship: train them with
-`python -m spectral_diffusion.physics.rtm --wavelengths=GRID.npy --out=rtm_wdc.npz` and pass
+`python -m spectral_diffusion.tools.train_rtm --wavelengths=GRID.npy --out=rtm_wdc.npz` and pass
 --config.physics.rtm_weights=rtm_wdc.npz.
 """
 from configs import anyband_paviau

@@ -197,7 +197,7 @@ def test_grid_without_an_rtm_emulator_gives_the_training_command(tmp_path, capsy
   config.data.num_bands = 120
   argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={tmp_path / 'run'}"]
   assert main.main(argv + config_flags(config)) == 2
-  assert "python -m spectral_diffusion.physics.rtm" in capsys.readouterr().err
+  assert "python -m spectral_diffusion.tools.train_rtm" in capsys.readouterr().err
 
 
 def test_describe_paper_config_reports_the_papers_size(capsys):

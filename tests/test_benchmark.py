@@ -15,7 +15,7 @@ from conftest import raises_one_line, shrink
 from spectral_diffusion import samplers, schedules
 from spectral_diffusion.scdm import experiment
 from spectral_diffusion.scdm.method import stage_parameter_count
-from spectral_diffusion.tools import benchmark
+from spectral_diffusion.tools.benchmark import attainable, cli, figures, memory, report, stages, timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,10 +67,10 @@ def test_conv_flops_closed_form_matches_xla_cost_analysis(lhs, rhs, strides, pad
   # 190 = 3 * 64 - 2: at each border one of the three taps falls on padding and XLA does not count it;
   # stride 2 over 16 with pad (1, 1): 8 outputs, 24 taps, 1 on padding -> 23.
   dn = jax.lax.conv_dimension_numbers(lhs, rhs, ("NHWC", "HWIO", "NHWC"))
-  assert benchmark.conv_flops(lhs, rhs, strides, padding, dn) == expected
+  assert attainable.conv_flops(lhs, rhs, strides, padding, dn) == expected
   conv = lambda a, b: jax.lax.conv_general_dilated(a, b, strides, padding, dimension_numbers=dn)
   compiled = jax.jit(conv).lower(jnp.zeros(lhs), jnp.zeros(rhs)).compile()
-  assert benchmark.flops_of(compiled) == expected
+  assert timing.flops_of(compiled) == expected
 
 
 def test_time_sampler_measured_or_estimated_and_labelled():
@@ -78,18 +78,18 @@ def test_time_sampler_measured_or_estimated_and_labelled():
   eps_fn = jax.tree_util.Partial(lambda x, t: 0.1 * x)
   runner = lambda steps: (lambda: samplers.ddim(eps_fn, schedule, (1, 4, 4, 2), jax.random.key(0),
                                                 num_steps=steps))
-  est = benchmark.time_sampler("test", runner, 20, call_seconds=1e-3, budget_s=0.0, probe_steps=2)
+  est = figures.time_sampler("test", runner, 20, call_seconds=1e-3, budget_s=0.0, probe_steps=2)
   assert est["estimated"] and est["probe_steps"] == 2
   assert est["seconds"] == pytest.approx(20 * est["probe_seconds"] / 2)
   assert est["overhead"] == pytest.approx(est["seconds"] / (20 * 1e-3))
-  full = benchmark.time_sampler("test", runner, 20, call_seconds=1e-3, budget_s=1e9, probe_steps=2)
+  full = figures.time_sampler("test", runner, 20, call_seconds=1e-3, budget_s=1e9, probe_steps=2)
   assert not full["estimated"] and full["overhead"] == pytest.approx(full["seconds"] / (20 * 1e-3))
 
 
 def run_via_json(tmp_path, **options):
   config, _ = tiny_config(tmp_path)
   out = tmp_path / "bench.json"
-  benchmark.write_json(benchmark.run(config, tiny_options(**options)), str(out))
+  report.write_json(report.run(config, tiny_options(**options)), str(out))
   return config, json.loads(out.read_text())   # the tests check what the JSON says
 
 
@@ -126,7 +126,7 @@ def test_benchmark_figures_are_consistent(tmp_path):
   for r in s["throughput"]:
     assert r["images_per_s"] == pytest.approx(r["batch"] / r["seconds"])
   assert res["peak_rss_bytes"] > 0
-  text = benchmark.format_report(res)
+  text = report.format_report(res)
   assert "stage 1: 3 -> 12 bands" in text and "% of the conv probe" in text and "ddim-4" in text
 
 
@@ -143,7 +143,7 @@ def test_benchmark_guidance_and_bfloat16_figures(tmp_path):
   # bfloat16 keeps 8 mantissa bits (relative rounding 2^-9 per op); through the network ~1 %.
   assert 0 < b["output"]["relative_mean"] < 0.05
   assert b["output"]["max_abs"] >= b["output"]["mean_abs"]
-  assert "guidance icmg" in benchmark.format_report(res)
+  assert "guidance icmg" in report.format_report(res)
 
 
 def test_cli_sharded_over_two_devices_writes_json(tmp_path):
@@ -167,12 +167,12 @@ def test_cli_sharded_over_two_devices_writes_json(tmp_path):
 def test_bad_input_is_one_line(tmp_path):
   config, _ = tiny_config(tmp_path)
   config.data.num_bands = 0
-  raises_one_line(benchmark.run, config, tiny_options(), match="num_bands")
+  raises_one_line(report.run, config, tiny_options(), match="num_bands")
   config.data.num_bands = 12
   config.model.channel_mults = (1, 2)
-  raises_one_line(benchmark.run, config, tiny_options(size=5), match="multiple of the model's minimum size 2")
+  raises_one_line(report.run, config, tiny_options(size=5), match="multiple of the model's minimum size 2")
   jnp.zeros(())   # the backend has started in this process: too late for more CPU devices
-  raises_one_line(benchmark.set_cpu_devices, 3, match="fresh process")
+  raises_one_line(cli.set_cpu_devices, 3, match="fresh process")
 
 
 def _count_remat(jaxpr):
@@ -180,7 +180,7 @@ def _count_remat(jaxpr):
   for eqn in jaxpr.eqns:
     n += eqn.primitive.name in ("checkpoint", "remat", "remat2")
     for v in eqn.params.values():
-      n += sum(_count_remat(j) for j in benchmark._sub_jaxprs(v))
+      n += sum(_count_remat(j) for j in attainable._sub_jaxprs(v))
   return n
 
 
@@ -191,13 +191,13 @@ def test_remat_wraps_every_res_block(make_config):
   config.data.num_bands = 12
   if config.method == "scdm":   # the band plan is SCDM's own section
     config.data.rgb_bands, config.cascade.num_stages = (9, 5, 1), 1
-  stage = benchmark.plan_stages(config)[0]
-  inputs = {k: jnp.asarray(v) for k, v in benchmark.random_inputs(stage, 1, 8, seed=0).items()}
+  stage = stages.plan_stages(config)[0]
+  inputs = {k: jnp.asarray(v) for k, v in stage.random_inputs(1, 8, seed=0).items()}
   args = [inputs[k] for k in ("x", "t", "cond", "mask") if k in inputs]
   counts = []
   for remat in (False, True):
-    model = benchmark.build(config, stage, remat=remat)
-    params = benchmark.random_params(model, stage, seed=0)
+    model = stages.build(config, stage, remat=remat)
+    params = stages.random_params(model, stage, seed=0)
     loss = lambda p: jnp.sum(model.apply({"params": p}, *args, train=True) ** 2)
     counts.append(_count_remat(jax.make_jaxpr(loss)(params).jaxpr))
     jax.make_jaxpr(jax.grad(loss))(params)   # the backward pass traces (train is static under remat)
@@ -210,11 +210,11 @@ def test_anyband_bfloat16_close_to_float32():
   config = anyband_demo_indian_pines.get_config()
   config.model.base_channels, config.model.channel_mults, config.model.context_dim = 16, (1, 2), 32
   config.data.num_bands = 20
-  stage = benchmark.plan_stages(config)[0]
-  params = jax.device_put(benchmark.random_params(benchmark.build(config, stage), stage, seed=1))
-  ins = {k: jnp.asarray(v) for k, v in benchmark.random_inputs(stage, 2, 8, seed=0).items()}
+  stage = stages.plan_stages(config)[0]
+  params = jax.device_put(stages.random_params(stages.build(config, stage), stage, seed=1))
+  ins = {k: jnp.asarray(v) for k, v in stage.random_inputs(2, 8, seed=0).items()}
   args = (ins["x"], ins["t"], ins["cond"], ins["mask"])
-  out32, out16 = (jax.jit(benchmark.build(config, stage, dtype=d).apply)({"params": params}, *args)
+  out32, out16 = (jax.jit(stages.build(config, stage, dtype=d).apply)({"params": params}, *args)
                   for d in ("float32", "bfloat16"))
   assert out16.dtype == jnp.float32 and float(jnp.mean(jnp.abs(out32))) > 0.1  # random output conv: not 0
   rel = float(jnp.mean(jnp.abs(out16 - out32)) / jnp.mean(jnp.abs(out32)))
@@ -225,9 +225,9 @@ def test_memory_case_reports_peak_and_xla_plan(tmp_path):
   config, _ = tiny_config(tmp_path)
   # The sampling case; the training cases (a train step compiles for ~20 s even for this model) run in
   # --memory.
-  rec = benchmark.memory_case(config, "sample", 8)
+  rec = memory.memory_case(config, "sample", 8)
   assert rec["icmg_scale"] == 0.0 and rec["size"] == 8 and rec["stage"] == "stage 1: 3 -> 12 bands"
-  assert rec["memory_scheduler"] == (benchmark.CPU_MEMORY_SCHEDULER in os.environ.get("XLA_FLAGS", ""))
+  assert rec["memory_scheduler"] == (memory.CPU_MEMORY_SCHEDULER in os.environ.get("XLA_FLAGS", ""))
   assert rec["peak_rss_bytes"] >= rec["baseline_rss_bytes"] > 0
   assert set(rec["xla_bytes"]) == {"argument", "output", "temp"} and rec["flops"] > 0
-  raises_one_line(benchmark.memory_case, config, "nope", 8, match="train_remat")
+  raises_one_line(memory.memory_case, config, "nope", 8, match="train_remat")

@@ -1,4 +1,5 @@
-"""Tests for spectral_diffusion.physics.rtm: the shipped emulators on fresh PROSAIL spectra and real scenes."""
+"""Tests for spectral_diffusion.physics.rtm (the shipped emulators on fresh PROSAIL spectra and real scenes) and
+its trainer, spectral_diffusion.tools.train_rtm."""
 import json
 
 import jax
@@ -10,6 +11,7 @@ import scipy.io
 from conftest import SHARED_DATA
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.physics import rtm
+from spectral_diffusion.tools import train_rtm
 
 JASPER = SHARED_DATA / "scenes" / "jasperRidge2_R198.mat"
 JASPER_WL = SHARED_DATA / "wavelengths" / "jasper_wavelengths.csv"
@@ -24,7 +26,7 @@ MAX_SPECTRUM_RMSE = 0.02
 @pytest.fixture(scope="module")
 def fresh_1nm():
   """Fresh PROSAIL spectra: seed 424242 was never used for training (the shipped files used seed 0)."""
-  return rtm.generate_prosail_spectra(48, seed=424242, workers=1, progress=False)
+  return train_rtm.generate_prosail_spectra(48, seed=424242, workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def ip_emulator():
 def test_shipped_emulator_reconstructs_fresh_prosail(grid, fresh_1nm):
   wl = rtm.grid_wavelengths(grid)
   em = rtm.load_emulator(wl)
-  x = rtm.resample_to_grid(fresh_1nm[1], wl)
+  x = train_rtm.resample_to_grid(fresh_1nm[1], wl)
   err = np.asarray(em.project(x)) - x
   assert np.sqrt(np.mean(err ** 2)) < MAX_POOLED_RMSE[grid]
   assert np.sqrt(np.mean(err ** 2, axis=-1)).max() < MAX_SPECTRUM_RMSE
@@ -84,7 +86,7 @@ def test_jasper_trees_sit_closer_to_the_manifold_than_water_and_road(ip_emulator
 
 
 def test_manifold_loss_gradient_and_jit(ip_emulator, fresh_1nm):
-  x = jnp.asarray(rtm.resample_to_grid(fresh_1nm[1][:4], rtm.grid_wavelengths("indian_pines")))
+  x = jnp.asarray(train_rtm.resample_to_grid(fresh_1nm[1][:4], rtm.grid_wavelengths("indian_pines")))
   x = x + 0.02 * jnp.sin(jnp.arange(200) / 7.0)  # off the manifold, so the loss has a slope
   loss = ip_emulator.manifold_loss(x)
   assert loss.shape == (4,) and np.all(np.asarray(loss) > 0)
@@ -104,21 +106,21 @@ def test_resample_to_grid():
   flat = np.full((2, 2101), 0.3, np.float32)
   # An AVIRIS-like seam: centres step back; the default FWHM ignores it.
   wl = np.array([500.0, 510.0, 520.0, 515.0, 525.0, 2500.0])
-  np.testing.assert_allclose(rtm.resample_to_grid(flat, wl), 0.3, rtol=1e-5)
+  np.testing.assert_allclose(train_rtm.resample_to_grid(flat, wl), 0.3, rtol=1e-5)
   ramp = np.linspace(0.0, 1.0, 2101, dtype=np.float32)
-  got = rtm.resample_to_grid(ramp, wl[:5], fwhm_nm=10.0)
+  got = train_rtm.resample_to_grid(ramp, wl[:5], fwhm_nm=10.0)
   np.testing.assert_allclose(got, (wl[:5] - 400.0) / 2100.0, atol=1e-5)  # a symmetric response keeps a ramp
   with pytest.raises(UserInputError, match="400-2500 nm"):
-    rtm.resample_to_grid(flat, np.linspace(380.0, 1000.0, 50))
+    train_rtm.resample_to_grid(flat, np.linspace(380.0, 1000.0, 50))
   with pytest.raises(UserInputError, match="2101"):
-    rtm.resample_to_grid(np.zeros((2, 100)), wl)
+    train_rtm.resample_to_grid(np.zeros((2, 100)), wl)
 
 
 def test_untrained_grid_names_the_training_command():
   with pytest.raises(UserInputError) as e:
     rtm.load_emulator(np.linspace(450.0, 950.0, 64))
   msg = str(e.value)
-  assert "64-band grid (450-950 nm)" in msg and "python -m spectral_diffusion.physics.rtm --wavelengths=" in msg
+  assert "64-band grid (450-950 nm)" in msg and "python -m spectral_diffusion.tools.train_rtm --wavelengths=" in msg
   assert "\n" not in msg
 
 
@@ -149,27 +151,28 @@ def test_command_line_trains_a_tiny_emulator(tmp_path, capsys):
   wl = np.linspace(450.0, 900.0, 40)
   np.save(tmp_path / "grid.npy", wl)
   out = tmp_path / "rtm.npz"
-  args = ["rtm", f"--wavelengths={tmp_path / 'grid.npy'}", f"--out={out}", "--num_spectra=240", "--num_steps=20",
-          "--batch_size=32", "--width=16", "--workers=1", "--seed=3", "--noprogress"]
-  assert rtm.main(args) == 0
+  args = ["train_rtm", f"--wavelengths={tmp_path / 'grid.npy'}", f"--out={out}", "--num_spectra=240",
+          "--num_steps=20", "--batch_size=32", "--width=16", "--workers=1", "--seed=3", "--noprogress"]
+  assert train_rtm.main(args) == 0
   report = json.loads(capsys.readouterr().out)
   assert report["num_spectra"] == 240 and report["num_heldout"] == 12
   loaded = rtm.load_emulator(wl, out)
   assert rtm.load_report(out)["heldout_rmse"] == report["heldout_rmse"]
   # The same run in-process is bit-identical, so the file holds exactly what was trained.
-  data = rtm.generate_prosail_spectra(240, seed=3, workers=1, progress=False)
-  em, _ = rtm.train_emulator(wl, num_steps=20, batch_size=32, seed=3, progress=False, prosail_data=data, width=16)
-  x = rtm.resample_to_grid(data[1][:8], wl)
+  data = train_rtm.generate_prosail_spectra(240, seed=3, workers=1, progress=False)
+  em, _ = train_rtm.train_emulator(wl, num_steps=20, batch_size=32, seed=3, progress=False, prosail_data=data,
+                                   width=16)
+  x = train_rtm.resample_to_grid(data[1][:8], wl)
   np.testing.assert_array_equal(np.asarray(loaded.project(x)), np.asarray(em.project(x)))
   np.testing.assert_array_equal(np.asarray(loaded.encode(x)), np.asarray(em.encode(x)))
 
 
 def test_command_line_bad_input_is_one_line(tmp_path, capsys):
-  assert rtm.main(["rtm", "--grid=indian_pines", f"--wavelengths={tmp_path}/g.npy", "--out=x.npz"]) == 2
+  assert train_rtm.main(["train_rtm", "--grid=indian_pines", f"--wavelengths={tmp_path}/g.npy", "--out=x.npz"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "exactly one of" in err[0]
   np.save(tmp_path / "uv.npy", np.linspace(350.0, 1000.0, 30))
-  assert rtm.main(["rtm", f"--wavelengths={tmp_path / 'uv.npy'}", f"--out={tmp_path / 'o.npz'}"]) == 2
+  assert train_rtm.main(["train_rtm", f"--wavelengths={tmp_path / 'uv.npy'}", f"--out={tmp_path / 'o.npz'}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "400-2500 nm" in err[0]
   assert not (tmp_path / "o.npz").exists()

@@ -1,1 +1,1 @@
-"""Command-line tools beside the main CLI: the benchmark and the sampler-steps sweep."""
+"""Command-line tools beside the main CLI: the benchmark, the sampler-steps sweep and the RTM emulator trainer."""
