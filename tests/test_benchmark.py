@@ -231,3 +231,14 @@ def test_memory_case_reports_peak_and_xla_plan(tmp_path):
   assert rec["peak_rss_bytes"] >= rec["baseline_rss_bytes"] > 0
   assert set(rec["xla_bytes"]) == {"argument", "output", "temp"} and rec["flops"] > 0
   raises_one_line(memory.memory_case, config, "nope", 8, match="train_remat")
+
+
+def test_sampling_programs_on_a_trained_run(trained):
+  from spectral_diffusion.tools.benchmark import figures
+  config, workdir = trained
+  out = figures.sampling_programs(config, str(workdir), repeats=1)
+  assert out["image_shape"] == [40, 20, 200]
+  # 40 x 20 in 16-pixel tiles (overlap 4) is 3 x 2 tiles: 2 batches of 4, per stage on the host driver.
+  assert out["compiled"]["tile_batches"] == 2 and out["compiled"]["jitted_calls_per_image"] == 2
+  assert out["python"]["tile_batches"] == 4 and out["python"]["jitted_calls_per_image"] == 4 * (2 + 1)
+  assert out["compiled_over_python"] == out["compiled"]["seconds"] / out["python"]["seconds"] > 0

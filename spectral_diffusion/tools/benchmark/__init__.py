@@ -15,7 +15,8 @@ bfloat16 compute (float32 parameters) against float32: speed and output differen
 the last stage with and without remat (jax.checkpoint of the res blocks; on CPU also under XLA's
 memory-minimising scheduler, CPU_MEMORY_SCHEDULER, without which remat saves nothing there) and of one
 sampling network call, each in a fresh subprocess; --workdir adds bfloat16 vs float32 samples of a
-trained SCDM run on its real test split.
+trained SCDM run on its real test split, and that split through pipelines.SCDM with sample.program=python
+(host driver) and =compiled (one program per tile batch): time and jitted calls per image.
 
 Ratios are of figures measured in this run; absolute times hold for the machine printed at the top.
 A full sample that would take longer than --max_sample_seconds (counting its warm-up run) is not run:

@@ -38,7 +38,8 @@ def define_flags(argv):
   d(flags.DEFINE_list, flag_values=fv)("stages", [], "0-based stages to measure (default: all)")
   d(flags.DEFINE_string, flag_values=fv)("json", None, "also write the results as JSON here")
   d(flags.DEFINE_string, flag_values=fv)("workdir", None, "a trained SCDM run of this config: bfloat16 vs "
-                                         "float32 samples on its real test split")
+                                         "float32 samples on its real test split, and the python vs "
+                                         "compiled sampling programs (time, jitted calls)")
   d(flags.DEFINE_boolean, flag_values=fv)("memory", False, "peak memory of a training step (remat off/on) "
                                           "and of a sampling call of the last stage, in subprocesses")
   d(flags.DEFINE_integer, flag_values=fv)("memory_train_size", 256, "training crop of --memory")

@@ -246,3 +246,36 @@ def bf16_real_data(config, workdir):
   out["bfloat16_vs_float32_mpsnr"] = float(metrics.mpsnr(preds["bfloat16"], preds["float32"], 1.0))
   out["max_abs_difference"] = float(np.max(np.abs(preds["bfloat16"] - preds["float32"])))
   return out
+
+
+def sampling_programs(config, workdir, repeats=2):
+  """A trained SCDM cascade's whole test split (raw RGB -> every band) through pipelines.SCDM with
+  sample.program=python (the host driver) and =compiled (one program per tile batch): first call (with
+  compilation) and the median of `repeats` further calls, alternated, and the jitted calls per image."""
+  from spectral_diffusion import pipelines
+  from spectral_diffusion.scdm import experiment
+  method = method_of(config)
+  if method != "scdm":
+    raise UserInputError(f"--workdir times a trained SCDM cascade; this config is method={method}")
+  exp = experiment.load_experiment(config)
+  image = exp.test if exp.test.ndim == 3 else exp.test[0]   # one test image, or the first patch
+  rgb = exp.normaliser.inverse(image[..., list(exp.rgb_bands)])
+  pipes = {p: pipelines.SCDM.load(workdir, config=config, program=p) for p in ("python", "compiled")}
+  out = {"workdir": os.path.abspath(workdir), "image_shape": list(image.shape)}
+  times = {p: [] for p in pipes}
+  for r in range(repeats + 1):
+    for p, pipe in pipes.items():
+      log(f"sampling programs: {p}, call {r + 1} of {repeats + 1}")
+      t0 = time.perf_counter()
+      pipe.sample(rgb, jax.random.key(config.seed))
+      times[p].append(time.perf_counter() - t0)
+  for p, pipe in pipes.items():
+    batches = pipe.num_tile_batches(*image.shape[:2])   # python: per stage; compiled: all stages
+    steps = pipe.settings.num_steps if pipe.settings.sampler != "ddpm" else pipe.schedule.num_timesteps
+    out[p] = {"first_seconds": times[p][0], "seconds": float(np.median(times[p][1:])),
+              "tile_batches": batches,
+              # python: an x_T draw and one jitted step per sampler step, per stage and tile batch
+              # (samplers' python loop); compiled: one call per tile batch (sampling.run_tiled).
+              "jitted_calls_per_image": batches * (steps + 1) if p == "python" else batches}
+  out["compiled_over_python"] = out["compiled"]["seconds"] / out["python"]["seconds"]
+  return out

@@ -7,7 +7,7 @@ import numpy as np
 
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.tools.benchmark.attainable import matmul_probe
-from spectral_diffusion.tools.benchmark.figures import bench_stage, bf16_real_data
+from spectral_diffusion.tools.benchmark.figures import bench_stage, bf16_real_data, sampling_programs
 from spectral_diffusion.tools.benchmark.machine import device_peak_bytes, machine_info, machine_label, peak_rss_bytes
 from spectral_diffusion.tools.benchmark.memory import memory_section
 from spectral_diffusion.tools.benchmark.stages import build, check_size, plan_stages
@@ -34,6 +34,7 @@ def run(config, opts, config_argv=()):
   result["stages"] = [bench_stage(config, s, opts, attainable) for s in stages]
   if opts.get("workdir"):
     result["bfloat16_real_data"] = bf16_real_data(config, opts["workdir"])
+    result["sampling_programs"] = sampling_programs(config, opts["workdir"])
   if opts.get("memory"):
     result["memory"] = memory_section(config_argv, opts)
   result["peak_rss_bytes"] = peak_rss_bytes()
@@ -106,6 +107,12 @@ def format_report(res):
               f"MPSNR {r['float32_mpsnr']:.2f} dB float32, {r['bfloat16_mpsnr']:.2f} dB bfloat16 "
               f"({r['mpsnr_difference_db']:+.2f} dB); bfloat16 vs float32 {r['bfloat16_vs_float32_mpsnr']:.1f} dB; "
               f"sampling {r['float32_seconds']:.1f} s vs {r['bfloat16_seconds']:.1f} s"]
+  if "sampling_programs" in res:
+    r = res["sampling_programs"]
+    lines += ["", f"sampling programs on real data ({r['workdir']}, {tuple(r['image_shape'])}): " + "; ".join(
+        f"{p} {r[p]['seconds']:.1f} s (first call {r[p]['first_seconds']:.1f} s), "
+        f"{r[p]['jitted_calls_per_image']} jitted calls per image" for p in ("python", "compiled"))
+        + f"; compiled / python {r['compiled_over_python']:.2f}"]
   for r in res.get("memory", []):
     case = r["case"] + (" (memory scheduler)" if r.get("memory_scheduler") else "")
     if "failed" in r:
