@@ -75,11 +75,6 @@ def _xp(x):
   return jnp if isinstance(x, jax.Array) else np
 
 
-def _check_finite(x, what):
-  if not bool(_xp(x).isfinite(x).all()):
-    raise UserInputError(f"{what} has NaN or Inf values; fill or mask those pixels first")
-
-
 class SCDM:
   """A trained SCDM cascade: RGB (raw values, as in training) -> every band.
 
@@ -134,7 +129,7 @@ class SCDM:
     sample i then uses jax.random.fold_in(rng, i) (one sample uses rng itself), image b of a batch
     fold_in(that, b). progress: an object with update(n) (e.g. progress.Progress), one per tile batch."""
     images, single = _as_image_batch(rgb, 3, "rgb")
-    _check_finite(images, "rgb")
+    data.check_finite(images, "rgb")
     if num_samples < 1:
       raise UserInputError(f"num_samples is {num_samples}: use 1 or more")
     keys = [rng] if num_samples == 1 else [jax.random.fold_in(rng, i) for i in range(num_samples)]
@@ -256,7 +251,7 @@ class AnyBand:
     images, single = _as_image_batch(cube, self.num_bands, "cube")
     mask = self.observed_mask(images, missing)
     observed = np.flatnonzero(mask)
-    _check_finite(images[..., observed], "the observed bands of cube")
+    data.check_finite(images[..., observed], "the observed bands of cube")
     out = np.stack([self._repair_image(image, mask, rng if single else jax.random.fold_in(rng, b),
                                        num_steps, guidance, progress) for b, image in enumerate(images)])
     return out[0] if single else out
@@ -267,7 +262,7 @@ class AnyBand:
     on_grid = physics.sensor_on_grid(sensor, self.wavelengths)
     values, single = _as_image_batch(bands, len(on_grid.band_names),
                                      f"bands of {sensor} ({', '.join(on_grid.band_names)})")
-    _check_finite(values, "bands")
+    data.check_finite(values, "bands")
     cube, mask = physics.place_on_grid(np.asarray(values, np.float32), on_grid, self.num_bands)
     cube = np.where(np.asarray(mask) > 0, np.asarray(cube, np.float32), np.nan)
     return self.repair(cube[0] if single else cube, rng=rng, num_steps=num_steps, guidance=guidance,

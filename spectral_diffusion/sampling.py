@@ -92,9 +92,7 @@ class SampleSettings:
 
 def run_sampler(settings, eps_fn, schedule, shape, rng, x_transform=None, num_steps=None, loop=None):
   """x0 from the sampler `settings` names (num_steps overrides settings.num_steps, loop settings.loop)."""
-  name, steps = settings.sampler, num_steps or settings.num_steps
-  if name not in SAMPLERS:
-    raise UserInputError(f"unknown sample.sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+  name, steps = settings.sampler, num_steps or settings.num_steps  # names checked by SampleSettings
   if name != "ddpm" and not 1 <= steps <= schedule.num_timesteps:
     raise UserInputError(f"sample.num_steps is {steps}: use 1 to {schedule.num_timesteps} "
                          f"(diffusion.num_timesteps)")
@@ -103,9 +101,6 @@ def run_sampler(settings, eps_fn, schedule, shape, rng, x_transform=None, num_st
     return samplers.ddim(eps_fn, schedule, shape, rng, num_steps=steps, eta=settings.eta,
                          x_transform=x_transform, loop=loop)
   if name == "dpm_solver_pp":
-    if settings.spacing not in samplers.SPACINGS:
-      raise UserInputError(f"unknown sample.spacing {settings.spacing!r}: use one of "
-                           f"{', '.join(samplers.SPACINGS)}")
     return samplers.dpm_solver_pp(eps_fn, schedule, shape, rng, num_steps=steps, spacing=settings.spacing,
                                   x_transform=x_transform, loop=loop)
   return samplers.ddpm(eps_fn, schedule, shape, rng, variance=settings.ddpm_variance,
