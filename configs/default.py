@@ -81,9 +81,11 @@ def get_config(method="scdm"):
   c.train.keep_checkpoints = 3
 
   c.sample = ml_collections.ConfigDict()
-  c.sample.sampler = "ddim"          # ddim | dpm_solver_pp | ddpm
-  c.sample.num_steps = 10            # network calls of ddim / dpm_solver_pp (DDIM 10 was best on the demo, README); ddpm takes all T
-  c.sample.spacing = "logsnr"        # dpm_solver_pp timesteps: logsnr | time_uniform (see samplers)
+  c.sample.sampler = "ddim"          # ddim | ddpm | dpm_solver_pp | dpm_solver_pp_3m | sde_dpm_solver_pp | unipc
+  c.sample.num_steps = 10            # network calls (DDIM 10 was best on the demo, README); ddpm takes all T
+  c.sample.spacing = "logsnr"        # timesteps of the DPM-Solver++ and UniPC samplers: logsnr | linspace |
+                                     # time_uniform | leading | trailing | karras (samplers.timesteps); ddim: linspace
+  c.sample.unipc_order = 2           # unipc only: 2 or 3
   c.sample.eta = 0.0                 # ddim only
   c.sample.ddpm_variance = "beta"    # beta (official code) | posterior
   c.sample.num_samples = 1           # samples per image; >1 also reports their mean

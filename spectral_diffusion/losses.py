@@ -1,26 +1,16 @@
 """Training losses: the parameterisation's regression loss plus lambda * SAM loss on the predicted x0."""
 import jax.numpy as jnp
 
+from spectral_diffusion import predictions
 from spectral_diffusion import schedules
 
-PARAMETERISATIONS = ("eps", "x0", "v")
-
-
-def _coef(a, t, x):
-  return a[t].reshape((-1,) + (1,) * (x.ndim - 1))
+PARAMETERISATIONS = predictions.PREDICTIONS
 
 
 def to_eps_and_x0(schedule, parameterisation, x_t, t, out):
   """Network output -> (eps, x0_hat) for any parameterisation."""
-  if parameterisation == "eps":
-    return out, schedules.predict_x0_from_eps(schedule, x_t, t, out)
-  if parameterisation == "x0":
-    return schedules.predict_eps_from_x0(schedule, x_t, t, out), out
-  if parameterisation == "v":
-    sa = _coef(schedule.sqrt_alphas_cumprod, t, x_t)
-    so = _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
-    return sa * out + so * x_t, sa * x_t - so * out
-  raise ValueError(f"unknown parameterisation {parameterisation!r}; use one of {PARAMETERISATIONS}")
+  return (predictions.to_eps(schedule, parameterisation, x_t, t, out),
+          predictions.to_x0(schedule, parameterisation, x_t, t, out))
 
 
 def regression_target(schedule, parameterisation, x0, eps, t):
@@ -28,8 +18,7 @@ def regression_target(schedule, parameterisation, x0, eps, t):
     return eps
   if parameterisation == "x0":
     return x0
-  sa = _coef(schedule.sqrt_alphas_cumprod, t, x0)
-  so = _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x0)
+  sa, so = schedules.signal_and_noise(schedule, t, x0.ndim)
   return sa * eps - so * x0
 
 

@@ -17,7 +17,7 @@ from spectral_diffusion import samplers, sharding
 from spectral_diffusion.data import patches
 from spectral_diffusion.errors import UserInputError
 
-SAMPLERS = ("ddim", "ddpm", "dpm_solver_pp")
+SAMPLERS = tuple(samplers.SAMPLERS)
 PROGRAMS = ("auto", "compiled", "python")
 PDT_TARGETS = ("eps", "state")
 DDPM_VARIANCES = ("beta", "posterior")
@@ -34,6 +34,7 @@ class SampleSettings:
   sampler: str = "ddim"
   num_steps: int = 10
   spacing: str = "logsnr"
+  unipc_order: int = 2
   eta: float = 0.0
   ddpm_variance: str = "beta"
   icmg_scale: tuple = (0.0,)
@@ -56,6 +57,8 @@ class SampleSettings:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise UserInputError(f"sample.{name} is {value!r}: use a whole number >= {low}")
+    if self.unipc_order not in (2, 3):
+      raise UserInputError(f"sample.unipc_order is {self.unipc_order!r}: use 2 or 3")
     if self.eta < 0:
       raise UserInputError(f"sample.eta is {self.eta}: use a value >= 0 (0 = deterministic DDIM)")
     for p in self.pdt_p_start:
@@ -100,11 +103,12 @@ def run_sampler(settings, eps_fn, schedule, shape, rng, x_transform=None, num_st
   if name == "ddim":
     return samplers.ddim(eps_fn, schedule, shape, rng, num_steps=steps, eta=settings.eta,
                          x_transform=x_transform, loop=loop)
-  if name == "dpm_solver_pp":
-    return samplers.dpm_solver_pp(eps_fn, schedule, shape, rng, num_steps=steps, spacing=settings.spacing,
-                                  x_transform=x_transform, loop=loop)
-  return samplers.ddpm(eps_fn, schedule, shape, rng, variance=settings.ddpm_variance,
-                       x_transform=x_transform, loop=loop)
+  if name == "ddpm":  # every step of the schedule
+    return samplers.ddpm(eps_fn, schedule, shape, rng, variance=settings.ddpm_variance,
+                         x_transform=x_transform, loop=loop)
+  extra = {"order": settings.unipc_order} if name == "unipc" else {}
+  return samplers.SAMPLERS[name](eps_fn, schedule, shape, rng, num_steps=steps, spacing=settings.spacing,
+                                 x_transform=x_transform, loop=loop, **extra)
 
 
 def tile_size_for(min_size, settings, height, width):

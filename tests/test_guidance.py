@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import indian_pines
 from spectral_diffusion import guidance
 from spectral_diffusion import samplers
 from spectral_diffusion import schedules
@@ -119,10 +120,12 @@ def test_physics_guidance_matches_hand_gradient(per_sample_loss):
   abar = np.asarray(sched.alphas_cumprod, np.float64)[np.asarray(t)][:, None, None, None]
   xn, cn = np.asarray(x, np.float64), np.asarray(c, np.float64)
   k = (1 - np.sqrt(1 - abar) * a) / np.sqrt(abar)
-  want = a * xn - scale * np.sqrt(1 - abar) * k * (k * xn - cn)
+  want = a * xn + scale * np.sqrt(1 - abar) * k * (k * xn - cn)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   jitted = jax.jit(guidance.physics_guidance(eps_fn, loss_fn, sched, scale))
   np.testing.assert_allclose(jitted(x, t), want, rtol=1e-4, atol=1e-4)
+  paper = guidance.physics_guidance(eps_fn, loss_fn, sched, scale, sign="paper")(x, t)
+  np.testing.assert_allclose(paper, a * xn - scale * np.sqrt(1 - abar) * k * (k * xn - cn), rtol=1e-4, atol=1e-4)
 
 
 def test_physics_guidance_zero_scale_and_sampler():
@@ -172,7 +175,7 @@ def test_physics_guidance_identity_jacobian_matches_closed_form(per_sample_loss)
   xn, cn = np.asarray(x, np.float64), np.asarray(c, np.float64)
   eps = a * np.tanh(xn)
   x0_hat = (xn - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
-  want = eps - scale * np.sqrt(1 - abar) * (x0_hat - cn) / np.sqrt(abar)
+  want = eps + scale * np.sqrt(1 - abar) * (x0_hat - cn) / np.sqrt(abar)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   jitted = jax.jit(guidance.physics_guidance(eps_fn, loss_fn, sched, scale, jacobian="identity"))
   np.testing.assert_allclose(jitted(x, t), want, rtol=1e-4, atol=1e-4)
@@ -180,10 +183,61 @@ def test_physics_guidance_identity_jacobian_matches_closed_form(per_sample_loss)
     guidance.physics_guidance(eps_fn, loss_fn, sched, scale)(x, t)
 
 
-def test_physics_guidance_rejects_unknown_jacobian():
+def test_physics_guidance_rejects_unknown_jacobian_and_sign():
   with pytest.raises(ValueError, match="jacobian"):
     guidance.physics_guidance(lambda x, t: x, lambda x0: x0.sum(), schedules.linear(10), 1.0,
                               jacobian="none")
+  with pytest.raises(ValueError, match="sign"):
+    guidance.physics_guidance(lambda x, t: x, lambda x0: x0.sum(), schedules.linear(10), 1.0, sign="up")
+
+
+def test_positive_physics_scale_lowers_the_loss_of_samples():
+  """On the exact denoiser of Gaussian data, a positive scale moves every DDIM sample's x0 towards the
+  loss's minimum (a target spectrum), a negative one away; sign="paper" swaps them."""
+  sched = schedules.linear(1000)
+  mu, s = 0.3, 0.5
+  eps_fn = lambda x, t: (jnp.sqrt(1 - sched.alphas_cumprod[t])[:, None, None, None]
+                         * (x - jnp.sqrt(sched.alphas_cumprod[t])[:, None, None, None] * mu)
+                         / (sched.alphas_cumprod[t][:, None, None, None] * s**2
+                            + 1 - sched.alphas_cumprod[t][:, None, None, None]))
+  target = 1.0
+  loss_fn = lambda x0: jnp.mean((x0 - target) ** 2, axis=(1, 2, 3))
+  shape, rng = (64, 2, 2, 3), jax.random.PRNGKey(3)
+  loss = lambda scale, **kw: float(jnp.mean(loss_fn(samplers.ddim(
+      guidance.physics_guidance(eps_fn, loss_fn, sched, scale, **kw), sched, shape, rng, num_steps=20))))
+  plain, down, up = loss(0.0), loss(0.5), loss(-0.5)
+  assert down < plain < up, (down, plain, up)
+  assert loss(0.5, sign="paper") == pytest.approx(up, rel=1e-5)
+
+
+def test_abs_quantile_equals_jnp_quantile_on_real_spectra():
+  """The sort-free quantile against jnp.quantile (and numpy) on normalised real spectra, with ties and an
+  all-zero sample."""
+  cube = indian_pines()[:24, :24, :48]
+  v = (cube - cube.mean()) / cube.std()
+  v = jnp.asarray(np.stack([v, np.round(v, 1), -v[::-1], np.zeros_like(v)]))
+  for p in (0.0, 0.5, 0.9, 0.96, 0.995, 1.0, jnp.array([0.1, 0.88, 0.999, 0.7])):
+    got = np.asarray(guidance.abs_quantile(v, p))
+    want = np.asarray(jax.vmap(lambda a, q: jnp.quantile(jnp.abs(a).ravel(), q, method="linear"))(
+        v, jnp.broadcast_to(jnp.asarray(p, jnp.float32), (4,))))
+    np.testing.assert_array_max_ulp(got, want, maxulp=1)  # the same order statistics; interpolation rounding
+    np.testing.assert_allclose(got, [np.quantile(np.abs(np.asarray(a, np.float64)), q) for a, q in
+                                     zip(v, np.broadcast_to(np.asarray(p), (4,)))], rtol=1e-5, atol=1e-6)
+
+
+def test_x0_transforms():
+  x0 = 3.0 * _normal(11, (4, 5, 5, 3))
+  clip = guidance.clip_x0(-1.0, 2.0)
+  np.testing.assert_array_equal(clip(x0, None), np.clip(np.asarray(x0), -1.0, 2.0))
+  with pytest.raises(ValueError, match="lo < hi"):
+    guidance.clip_x0(1.0, 1.0)
+  # Imagen: s = max(quantile(|x0|, p), 1) per sample, then clip to [-s, s] and divide by s.
+  got = np.asarray(guidance.dynamic_threshold(x0, 0.9))
+  for i in range(4):
+    s = max(np.quantile(np.abs(np.asarray(x0[i], np.float64)), 0.9), 1.0)
+    np.testing.assert_allclose(got[i], np.clip(np.asarray(x0[i]), -s, s) / s, rtol=1e-5, atol=1e-6)
+  small = 0.1 * x0
+  np.testing.assert_allclose(guidance.dynamic_threshold(small, 0.9), small, rtol=1e-6)
 
 
 def test_guidance_loss_rtm_term_is_a_squared_distance_to_the_projection():

@@ -46,7 +46,9 @@ def test_schedule_is_pytree_with_static_length():
 
 def test_bad_betas_raise():
   with pytest.raises(ValueError):
-    schedules.from_betas([0.5, 1.0])
+    schedules.from_betas([1.0, 0.5])   # only the last beta may be 1 (zero terminal SNR)
+  with pytest.raises(ValueError):
+    schedules.from_betas([0.5, 1.5])
   with pytest.raises(ValueError):
     schedules.from_betas(np.zeros((2, 2)) + 0.1)
 
@@ -79,3 +81,28 @@ def test_eps_x0_round_trip():
   # Per-sample coefficients: sample i uses t[i] only.
   one = schedules.q_sample(s, x0[2:3], t[2:3], eps[2:3])
   np.testing.assert_allclose(xt[2:3], one, rtol=1e-6)
+
+
+def test_cosine_matches_its_closed_form():
+  T, s = 1000, 0.008
+  f = lambda t: np.cos((t / T + s) / (1 + s) * np.pi / 2) ** 2
+  sched = schedules.cosine(T)
+  abar = f(np.arange(1, T + 1)) / f(0)   # alphas_cumprod[t] is abar after step t (betas start at t = 0)
+  clipped = np.argmax(np.minimum(1 - f(np.arange(1, T + 1)) / f(np.arange(T)), 0.999) >= 0.999)
+  np.testing.assert_allclose(sched.alphas_cumprod[:clipped], abar[:clipped], rtol=2e-5, atol=1e-7)
+  assert float(sched.betas.max()) == pytest.approx(0.999)
+
+
+def test_rescale_zero_terminal_snr():
+  base = schedules.linear()
+  z = schedules.rescale_zero_terminal_snr(base)
+  root, root0 = np.sqrt(np.asarray(z.alphas_cumprod, np.float64)), np.sqrt(np.asarray(base.alphas_cumprod))
+  assert float(z.alphas_cumprod[-1]) == 0.0 and float(z.betas[-1]) == 1.0
+  assert root[0] == pytest.approx(root0[0], rel=1e-6)
+  # Lin et al.: sqrt(abar) is an affine map of the original, fixed at t = 0 and 0 at t = T-1.
+  expected = (root0 - root0[-1]) * root0[0] / (root0[0] - root0[-1])
+  np.testing.assert_allclose(root, expected, rtol=1e-4, atol=1e-6)
+  # Where x0 is recovered, abar is floored: nothing divides by zero at t = T-1.
+  t = jnp.array([999], jnp.int32)
+  x0 = schedules.predict_x0_from_eps(z, jnp.ones((1, 2)), t, jnp.ones((1, 2)))
+  assert np.all(np.isfinite(np.asarray(x0)))

@@ -234,9 +234,8 @@ class PhysicsGuided:
   jacobian: str = "network"
 
   def __call__(self, eps_fn, loss_fn, schedule, scale, x_t, t):
-    # physics_guidance (the paper's formula) moves x0_hat UP the loss's gradient for a positive scale
-    # (x0_hat' = x0_hat + s (1 - abar) / sqrt(abar) grad_x L); physics.guidance_scale > 0 must descend.
-    return guidance.physics_guidance(eps_fn, loss_fn, schedule, -scale, self.jacobian)(x_t, t)
+    # physics.guidance_scale > 0 lowers the loss (physics_guidance's default sign).
+    return guidance.physics_guidance(eps_fn, loss_fn, schedule, scale, self.jacobian)(x_t, t)
 
 
 def _guided_eps(bundle, params, schedule, x_obs, m, config, phys, pgs):
