@@ -581,6 +581,12 @@ def dpm_solver_pp_3m(eps_fn: EpsFn, schedule: schedules_lib.NoiseSchedule, shape
   D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1), D1_0 = (D_i - D_{i-1}) / r0,
   D1_1 = (D_{i-1} - D_{i-2}) / r1. Orders ramp 1, 2, 3; the final step (to the clean sample) is first
   order and, under 15 steps, the one before it second order. Deterministic (rng draws only x_T).
+
+  These are the published coefficients (the DPM-Solver authors' code, diffusers and k-diffusion use the
+  same). Measured on the exact Gaussian flow (tests/test_samplers.py): D2 approximates h^2 D''/2 while the
+  Taylor-exact weight of that term is twice the one used, so one step's error is O(h^3) and the error falls
+  about 4-6x per doubling of steps (second order asymptotically), not 8x; it still beats 2M from 20 steps
+  on (1.7-2.5x lower error at 20-40 logsnr steps). For a higher order per call use ``unipc``.
   """
   return _multistep(eps_fn, schedule, shape, rng, 3, False, num_steps, spacing, timesteps, x_T, start_step,
                     strength, x_transform, x0_transform, return_trajectory, return_x0_predictions, loop)
