@@ -53,7 +53,8 @@ def tiny_options(**kw):
   # Steps = probe steps = T: one compiled step per sampler; batch sizes = the call's batch: no recompiling.
   opts = dict(size=8, batch=2, batch_sizes=[2], repeats=1, ddim_steps=4, fast_steps=4, probe_steps=4,
               bf16_ddim_steps=4, max_sample_seconds=1e9, matmul_size=64, devices=1,
-              sections=["convs", "samplers", "throughput"], stages=[], workdir=None, memory=False)
+              sections=["convs", "samplers", "throughput"], stages=[], workdir=None, memory=False,
+              solvers=list(cli.FAST_SOLVERS), loops=["python", "scan"])
   opts.update(kw)
   return opts
 
@@ -118,9 +119,9 @@ def test_benchmark_figures_are_consistent(tmp_path):
   assert c["seconds"] == pytest.approx(sum(r["calls"] * r["seconds"] for r in c["shapes"]))
   assert s["vs_convs_alone"] == pytest.approx(f["gflop_per_s"] / c["gflop_per_s"])
   sam = s["samplers"]
-  assert [sam[k]["steps"] for k in ("ddpm", "ddim", "fast")] == [4, 4, 4]
-  assert sam["fast"]["sampler"] == ("dpm_solver_pp" if hasattr(samplers, "dpm_solver_pp") else "ddim")
-  for r in sam.values():
+  assert [(r["sampler"], r["loop"], r["steps"]) for r in sam] == [
+      (name, loop, 4) for name in ("ddpm", "ddim") + cli.FAST_SOLVERS for loop in ("python", "scan")]
+  for r in sam:
     assert not r["estimated"]
     assert r["overhead"] == pytest.approx(r["seconds"] / (r["steps"] * f["seconds"]))
   for r in s["throughput"]:

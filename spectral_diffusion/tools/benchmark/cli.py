@@ -12,6 +12,7 @@ from spectral_diffusion.tools.benchmark.memory import config_args, memory_case, 
 from spectral_diffusion.tools.benchmark.report import format_report, jsonable, run, write_json
 
 SECTIONS = ("convs", "samplers", "guidance", "throughput", "bf16", "sharded")
+FAST_SOLVERS = ("dpm_solver_pp", "dpm_solver_pp_3m", "sde_dpm_solver_pp", "unipc")
 
 
 def define_flags(argv):
@@ -24,7 +25,10 @@ def define_flags(argv):
   d(flags.DEFINE_list, flag_values=fv)("batch_sizes", ["1", "2", "4"], "images/s at these batch sizes")
   d(flags.DEFINE_integer, flag_values=fv)("repeats", 5, "timed calls after the warm-up (median reported)")
   d(flags.DEFINE_integer, flag_values=fv)("ddim_steps", 50, "DDIM network calls")
-  d(flags.DEFINE_integer, flag_values=fv)("fast_steps", 20, "network calls of the fastest solver")
+  d(flags.DEFINE_integer, flag_values=fv)("fast_steps", 20, "network calls of each fast solver")
+  d(flags.DEFINE_list, flag_values=fv)("solvers", list(FAST_SOLVERS), "fast solvers timed beside DDPM and "
+                                       "DDIM (samplers.SAMPLERS)")
+  d(flags.DEFINE_list, flag_values=fv)("loops", ["python", "scan"], "sampler loop drivers to time")
   d(flags.DEFINE_integer, flag_values=fv)("probe_steps", 3, "steps of the short run that gives a step time")
   d(flags.DEFINE_integer, flag_values=fv)("bf16_ddim_steps", 10, "DDIM steps of the bfloat16 vs float32 sample")
   d(flags.DEFINE_float, flag_values=fv)("max_sample_seconds", 120.0,
@@ -66,7 +70,12 @@ def options_from_flags(fv, config):
           "bf16_ddim_steps": fv.bf16_ddim_steps, "max_sample_seconds": fv.max_sample_seconds,
           "matmul_size": fv.matmul_size, "devices": fv.devices, "sections": sections,
           "stages": ints(fv.stages, "stages"), "workdir": fv.workdir, "memory": fv.memory,
-          "memory_train_size": fv.memory_train_size, "memory_sample_size": fv.memory_sample_size}
+          "memory_train_size": fv.memory_train_size, "memory_sample_size": fv.memory_sample_size,
+          "solvers": [v for v in fv.solvers if v], "loops": [v for v in fv.loops if v]}
+  for key, allowed in (("solvers", FAST_SOLVERS), ("loops", ("python", "scan"))):
+    bad = [v for v in opts[key] if v not in allowed]
+    if bad or not opts[key]:
+      raise UserInputError(f"--{key} {','.join(bad) or '(empty)'}: use any of {', '.join(allowed)}")
   for key in ("size", "batch", "repeats", "ddim_steps", "fast_steps", "probe_steps", "bf16_ddim_steps",
               "matmul_size", "devices"):
     if opts[key] < 1:

@@ -58,15 +58,15 @@ def bench_stage(config, stage, opts, attainable):
   shape = tuple(x.shape)
 
   if "samplers" in opts["sections"]:
-    fast_name = "dpm_solver_pp"
-    runs = [("ddpm", schedule.num_timesteps), ("ddim", opts["ddim_steps"]), ("fast", opts["fast_steps"])]
-    rec["samplers"] = {}
+    runs = [("ddpm", schedule.num_timesteps), ("ddim", opts["ddim_steps"])]
+    runs += [(name, opts["fast_steps"]) for name in opts["solvers"]]
+    rec["samplers"] = []
     for kind, steps in runs:
-      label = f"{fast_name}-{steps}" if kind == "fast" else f"{kind}-{steps}"
-      runner = sampler_runner(kind if kind != "fast" else fast_name, eps_fn, schedule, shape, rng, config, loop)
-      r = time_sampler(f"{stage.name}: {label}", runner, steps, call_s, opts["max_sample_seconds"],
-                       opts["probe_steps"])
-      rec["samplers"][kind] = {"sampler": label.split("-")[0], "loop": loop, **r}
+      for run_loop in opts["loops"]:
+        runner = sampler_runner(kind, eps_fn, schedule, shape, rng, config, run_loop)
+        r = time_sampler(f"{stage.name}: {kind}-{steps}, {run_loop} loop", runner, steps, call_s,
+                         opts["max_sample_seconds"], opts["probe_steps"])
+        rec["samplers"].append({"sampler": kind, "loop": run_loop, **r})
 
   if "guidance" in opts["sections"]:
     rec["guidance"] = stage.guidance_costs(config, model, params, inputs, schedule, fwd, opts)
@@ -107,10 +107,14 @@ def sampler_runner(kind, eps_fn, schedule, shape, rng, config, loop):
       sched = schedule if steps == schedule.num_timesteps else schedules.linear(steps, dc.beta_start, dc.beta_end)
       return lambda: samplers.ddpm(eps_fn, sched, shape, rng, variance=sc.ddpm_variance, loop=loop)
     return run
+  kwargs = {"loop": loop}
   if kind == "ddim":
-    fn, kwargs = samplers.ddim, {"loop": loop, "eta": sc.eta}
+    kwargs["eta"] = sc.eta
   else:
-    fn, kwargs = samplers.dpm_solver_pp, {"loop": loop, "spacing": sc.spacing}
+    kwargs["spacing"] = sc.spacing
+  if kind == "unipc":
+    kwargs["order"] = sc.get("unipc_order", 2)
+  fn = samplers.SAMPLERS[kind]
   return lambda steps: (lambda: fn(eps_fn, schedule, shape, rng, num_steps=steps, **kwargs))
 
 

@@ -73,8 +73,8 @@ def format_report(res):
       lines.append(f"  convs alone    {len(c['shapes'])} shapes timed one by one: {c['seconds'] * 1e3:.1f} ms, "
                    f"{c['gflop_per_s']:.1f} GFLOP/s; the network reaches {100 * s['vs_convs_alone']:.0f} % of "
                    f"that rate, its convs alone take {100 * s['convs_alone_share_of_time']:.0f} % of its time")
-    for kind, r in s.get("samplers", {}).items():
-      lines.append(f"  {r['sampler'] + '-' + str(r['steps']):18s} {r['seconds']:10.2f} s  "
+    for r in s.get("samplers", []):
+      lines.append(f"  {r['sampler'] + '-' + str(r['steps']):22s} {r['seconds']:10.2f} s  "
                    f"{'estimated' if r['estimated'] else 'measured '}  overhead {r['overhead']:.3f}  "
                    f"(step {r['step_seconds'] * 1e3:.1f} ms, loop {r['loop']})")
     for name, g in s.get("guidance", {}).items():
