@@ -638,3 +638,15 @@ def test_sde_dpm_solver_pp_samples_the_data_law(sched):
     errs.append(np.max(np.abs(std - S) / S))
   _check_target_moments(x, rel_tol=0.02)
   assert errs[1] < errs[0], errs
+
+
+def test_readme_sampler_example_runs():
+  """The README's "Using the library from JAX" block is run as it stands, and its claims hold there."""
+  import pathlib
+  text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+  section = text[text.index("## Using the library from JAX"):]
+  code = section[section.index("```python") + len("```python"):section.index("```\n")]
+  scope = {}
+  exec(compile(code, "README.md", "exec"), scope)
+  assert scope["x0"].shape == scope["shape"] and scope["states"].shape == (10,) + scope["shape"]
+  assert np.all(np.isfinite(np.asarray(scope["edited"])))
