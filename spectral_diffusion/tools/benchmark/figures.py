@@ -13,7 +13,7 @@ import numpy as np
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.tools.benchmark.attainable import conv_census, conv_probe, convs_alone
 from spectral_diffusion.tools.benchmark.stages import build, method_of, random_params
-from spectral_diffusion.tools.benchmark.timing import log, measure, network_call
+from spectral_diffusion.tools.benchmark.timing import log, measure, network_call, time_calls
 
 
 def bench_stage(config, stage, opts, attainable):
@@ -61,10 +61,13 @@ def bench_stage(config, stage, opts, attainable):
     runs = [("ddpm", schedule.num_timesteps), ("ddim", opts["ddim_steps"])]
     runs += [(name, opts["fast_steps"]) for name in opts["solvers"]]
     rec["samplers"] = []
+    # The network call timed again beside each sample: on a shared machine the ratio of two timings
+    # taken minutes apart says more about the neighbours than about the sampler.
+    call_now = lambda: time_calls(fwd_compiled, (eps_fn, x, t), reps)[0]
     for kind, steps in runs:
       for run_loop in opts["loops"]:
         runner = sampler_runner(kind, eps_fn, schedule, shape, rng, config, run_loop)
-        r = time_sampler(f"{stage.name}: {kind}-{steps}, {run_loop} loop", runner, steps, call_s,
+        r = time_sampler(f"{stage.name}: {kind}-{steps}, {run_loop} loop", runner, steps, call_now,
                          opts["max_sample_seconds"], opts["probe_steps"])
         rec["samplers"].append({"sampler": kind, "loop": run_loop, **r})
 
@@ -121,7 +124,8 @@ def sampler_runner(kind, eps_fn, schedule, shape, rng, config, loop):
 def time_sampler(name, runner, steps, call_seconds, budget_s, probe_steps):
   """Full-sample time of `steps` network calls: measured (a warm-up run, then a timed run) when twice
   the estimate fits in budget_s, else steps x the step time of a probe_steps run, labelled estimated.
-  overhead = sample time / (steps x call_seconds)."""
+  overhead = sample time / (steps x call_seconds); call_seconds is a number, or a function that times
+  the network call (then timed right after the sample, and recorded)."""
   k = max(1, min(probe_steps, steps))
   probe = runner(k)
   log(f"{name}: warm-up {k}-step run")
@@ -143,6 +147,8 @@ def time_sampler(name, runner, steps, call_seconds, budget_s, probe_steps):
     rec.update(seconds=time.perf_counter() - t0, estimated=False)
   else:
     rec.update(seconds=estimate, estimated=True)
+  if callable(call_seconds):
+    call_seconds = rec["call_seconds"] = call_seconds()
   rec["overhead"] = rec["seconds"] / (steps * call_seconds)
   log(f"{name}: {rec['seconds']:.2f} s{' (estimated)' if rec['estimated'] else ''}, "
       f"overhead {rec['overhead']:.3f}")
