@@ -30,7 +30,8 @@ def define_flags(argv):
                       "(or --input_bands); repair: a cube on the model's grid with missing bands NaN "
                       "(or --missing_bands), or a sensor's bands with --sensor. Nodata pixels stay nodata",
                       flag_values=fv)
-  flags.DEFINE_string("input_key", None, "sample/repair: variable name inside a .mat/.npz input",
+  flags.DEFINE_string("input_key", None, "sample/repair: variable name of the image inside a .mat/.npz "
+                      "input (needed when several arrays could be the image)",
                       flag_values=fv)
   flags.DEFINE_list("missing_bands", None, "repair: 0-based indices of the bands to rebuild", flag_values=fv)
   flags.DEFINE_string("sensor", None, "sample/repair: the input holds this sensor's bands, in the order "

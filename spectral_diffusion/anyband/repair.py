@@ -118,8 +118,8 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
   if config.repair.keep_observed and not sensor:  # the file's values, not the filled nodata pixels
     for i in np.flatnonzero(mask):
       result[..., i] = arr[..., i]
-  note = values.output_note(result[~nodata], model.value_range)
   result[nodata] = np.nan
+  note = values.output_note(result, model.value_range)  # NaN (nodata) counts as neither sign
   fwhm = scene.fwhm_nm if not sensor and scene.wavelengths_nm is not None else None
   with outputs.Staged() as staged:
     data.write_cube(staged.path(output_path), result, like=scene, wavelengths_nm=wl, fwhm_nm=fwhm)

@@ -93,7 +93,8 @@ def output_note(values, trained):
   if trained is None or trained[0] < 0:
     return ""
   v = np.asarray(values)
-  negative = int(np.count_nonzero(v < 0))
+  with np.errstate(invalid="ignore"):
+    negative = int(np.count_nonzero(v < 0))
   if not negative:
     return ""
   return (f"; note: {negative} output values ({100.0 * negative / max(v.size, 1):.2g}%) are negative, "

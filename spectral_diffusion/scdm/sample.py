@@ -79,8 +79,8 @@ def sample_file(config, workdir, input_path, output_path=None, input_key=None, i
   progress = Progress(scdm.num_tile_batches(*rgb.shape[:2]), "sampling")
   cube = scdm.sample(rgb, jax.random.key(config.seed), progress=progress)
   progress.close()
-  note = values.output_note(cube[~nodata], scdm.value_range)
   cube[nodata] = np.nan
+  note = values.output_note(cube, scdm.value_range)  # NaN (nodata) counts as neither sign
   with outputs.Staged() as staged:
     data.write_cube(staged.path(output_path), cube, like=scene, wavelengths_nm=grid)
     _save_png(staged.path(png), cube, scdm.rgb_bands)
