@@ -97,6 +97,9 @@ def get_config(method="scdm"):
                                      # every stage and step, blending) | python: stage by stage over the
                                      # whole image on the host (the figures in the README) | auto:
                                      # python on CPU, compiled elsewhere (see pipelines)
+  c.sample.allow_out_of_range = False  # True: run on input whose values are far from the training
+                                     # data's range, or blank (refused by default: wrong units or bytes
+                                     # read in the wrong order give plausible-looking garbage)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.ridge_alpha = 1e-3

@@ -30,7 +30,8 @@ def define_flags(argv):
                       "(or --input_bands); repair: a cube on the model's grid with missing bands NaN "
                       "(or --missing_bands), or a sensor's bands with --sensor. Nodata pixels stay nodata",
                       flag_values=fv)
-  flags.DEFINE_string("input_key", None, "sample/repair: variable name inside a .mat/.npz input",
+  flags.DEFINE_string("input_key", None, "sample/repair: variable name of the image inside a .mat/.npz "
+                      "input (needed when several arrays could be the image)",
                       flag_values=fv)
   flags.DEFINE_list("missing_bands", None, "repair: 0-based indices of the bands to rebuild", flag_values=fv)
   flags.DEFINE_string("sensor", None, "sample/repair: the input holds this sensor's bands, in the order "
@@ -97,26 +98,33 @@ def run(flag_values):
     method.evaluate(config, flag_values.workdir)
 
 
-def main(argv=None):
-  argv = sys.argv if argv is None else argv
+def parse(flag_values, argv):
+  """Parses argv into flag_values and loads the --config file; returns None, or the one-line message of
+  a missing or broken config file, an unknown override key or a bad flag value (the caller prints it
+  and exits with 2). The command line, the benchmark and the steps sweep all parse through here."""
   for arg in argv:
     path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
     if path and not os.path.isfile(path.split(":")[0]):
-      print(f"error: config file {path} does not exist; run from the repository root or give its path "
-            f"(e.g. --config=configs/demo_indian_pines.py)", file=sys.stderr)
-      return 2
-  flag_values = define_flags(argv)
+      return (f"config file {path} does not exist; run from the repository root or give its path "
+              f"(e.g. --config=configs/demo_indian_pines.py)")
   try:
     flag_values(argv)
-    if flag_values.config is not None:
+    if "config" in flag_values and flag_values.config is not None:
       flag_values.config.keys()  # the file loads lazily: fail here, inside the try, if it cannot
   except (KeyError, AttributeError) as e:  # ml_collections: an override names a key the config lacks
     name = re.sub(r"[\"'\\]", "", str(e.args[0] if e.args else e))
-    print(f"error: unknown config key {name!r} in an override; the valid keys are listed in "
-          f"configs/default.py", file=sys.stderr)
-    return 2
+    return f"unknown config key {name!r} in an override; the valid keys are listed in configs/default.py"
   except (flags.Error, ValueError, TypeError, OSError, SyntaxError) as e:  # bad flags or values, config file
-    print(f"error: {_one_line(e)} (see --helpfull)", file=sys.stderr)
+    return f"{_one_line(e)} (see --helpfull)"
+  return None
+
+
+def main(argv=None):
+  argv = sys.argv if argv is None else argv
+  flag_values = define_flags(argv)
+  problem = parse(flag_values, argv)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
     return 2
   try:
     run(flag_values)

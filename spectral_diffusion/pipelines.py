@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from spectral_diffusion import checkpoints, data, physics, sampling, training
+from spectral_diffusion.data import values
 from spectral_diffusion.anyband import model as anyband_model
 from spectral_diffusion.scdm import cascade
 from spectral_diffusion.errors import UserInputError
@@ -61,6 +62,7 @@ def _config(workdir, meta, config, sample):
 
 def _as_image_batch(x, bands, what):
   """(images (n, H, W, C) float32 numpy or JAX, whether the input was one image)."""
+  values.check_not_mask(x.dtype if isinstance(x, jax.Array) else np.asarray(x).dtype, what)
   x = x if isinstance(x, jax.Array) else np.asarray(x, np.float32)
   if x.ndim not in (3, 4) or x.shape[-1] != bands:
     raise UserInputError(f"{what} must be (H, W, {bands}) or (batch, H, W, {bands}); got shape "
@@ -80,11 +82,14 @@ class SCDM:
 
   Attributes: params (one EMA parameter tree per stage), wavelengths (output band centres in nm, or
   None), rgb_bands (the output bands the three input channels are), num_bands, normaliser, settings
-  (sampling.SampleSettings), config.
+  (sampling.SampleSettings), config, value_range ((lo, hi) of the training data in raw units, or None
+  for checkpoints written before it was stored).
   """
 
-  def __init__(self, bundles, normaliser, wavelengths, rgb_bands, config, settings, workdir=None):
+  def __init__(self, bundles, normaliser, wavelengths, rgb_bands, config, settings, workdir=None,
+               value_range=None):
     self.workdir = workdir
+    self.value_range = value_range
     self.bundles = list(bundles)
     self.normaliser = normaliser
     self.wavelengths = None if wavelengths is None else np.asarray(wavelengths, np.float64)
@@ -113,7 +118,7 @@ class SCDM:
     bundles = [cascade.load_stage(config, workdir, k)[0] for k in range(stages)]
     rgb = meta.get("rgb_bands") or meta["in_bands"]
     return cls(bundles, data.normaliser_from_dict(meta["normaliser"]), meta.get("wavelengths_nm"), rgb,
-               config, settings, workdir)
+               config, settings, workdir, values.stored_range(meta))
 
   @property
   def params(self):
@@ -123,6 +128,11 @@ class SCDM:
   def min_size(self):
     return cascade.min_size(self.bundles)
 
+  def check_input(self, rgb, what="rgb"):
+    """Refuses raw RGB values (NaN = nodata) far from the training range, blank or boolean (one-line
+    UserInputError naming `what`), unless settings.allow_out_of_range."""
+    values.check_input(rgb, self.value_range, what, self.settings.allow_out_of_range)
+
   def sample(self, rgb, rng, num_samples=1, progress=None):
     """Samples every band for raw RGB (H, W, 3) or (batch, H, W, 3); returns (H, W, bands) or (batch,
     H, W, bands) float32 numpy in the data's units. num_samples > 1 adds a leading axis of samples;
@@ -130,12 +140,14 @@ class SCDM:
     fold_in(that, b). progress: an object with update(n) (e.g. progress.Progress), one per tile batch."""
     images, single = _as_image_batch(rgb, 3, "rgb")
     data.check_finite(images, "rgb")
+    self.check_input(images)
     if num_samples < 1:
       raise UserInputError(f"num_samples is {num_samples}: use 1 or more")
     keys = [rng] if num_samples == 1 else [jax.random.fold_in(rng, i) for i in range(num_samples)]
     out = np.stack([np.stack([self._sample_image(image, key if single else jax.random.fold_in(key, b),
                                                  progress)
                               for b, image in enumerate(images)]) for key in keys])
+    values.check_output(out, "rgb")
     out = out[:, 0] if single else out
     return out[0] if num_samples == 1 else out
 
@@ -146,17 +158,20 @@ class SCDM:
 
   def num_tile_batches(self, height, width):
     """Tile batches one sample of an image takes (progress bars count these)."""
+    height, width = max(height, self.min_size), max(width, self.min_size)  # strips are padded
     per_stage = sampling.num_tile_batches(self.min_size, self.settings, height, width)
     return per_stage if self.settings.compiled() else len(self.bundles) * per_stage
 
   def _sample_image(self, rgb, rng, progress):
+    h, w = rgb.shape[:2]
+    rgb = sampling.pad_to_min_size(rgb, self.min_size)
     if self.settings.compiled():
       out = sampling.run_tiled(self.sample_fn, self.params, rgb, rng, self.min_size, self.settings,
                                self.num_bands, progress)
-      return np.asarray(out)
+      return np.asarray(out)[:h, :w]
     x = self.normaliser.forward(np.asarray(rgb, np.float32))
     outputs = cascade.run_cascade(self.bundles, self.schedule, x, rng, self.settings, progress)
-    return self.normaliser.inverse(outputs[-1]).astype(np.float32)
+    return self.normaliser.inverse(outputs[-1][:h, :w]).astype(np.float32)
 
 
 class _RepairTiles:
@@ -174,12 +189,13 @@ class AnyBand:
   """A trained AnyBand-Diff model: any subset of bands (raw values) -> every band of its grid.
 
   Attributes: params (EMA parameters), wavelengths (band centres in nm), num_bands, normaliser,
-  settings, config.
+  settings, config, value_range (as SCDM's).
   """
 
   def __init__(self, bundle, config, settings):
     self.bundle = bundle
     meta = bundle.meta
+    self.value_range = values.stored_range(meta)
     self.wavelengths = np.asarray(meta["wavelengths_nm"], np.float64)
     self.num_bands = int(meta["num_bands"])
     self.normaliser = data.normaliser_from_dict(meta["normaliser"])
@@ -218,6 +234,11 @@ class AnyBand:
     raw: pure and traceable (see anyband.RepairProgram)."""
     return self.repair_fn_for()
 
+  def check_input(self, cube, what="cube", observed=None):
+    """As SCDM.check_input, for the bands `observed` (indices; default all) of a raw cube (NaN = nodata
+    or missing)."""
+    values.check_input(cube, self.value_range, what, self.settings.allow_out_of_range, observed)
+
   def observed_mask(self, cube, missing=None):
     """(N,) float32, 1 = observed: bands that are NaN at every pixel, or given in `missing` (a boolean
     mask with True = missing, or band indices), are missing."""
@@ -252,8 +273,10 @@ class AnyBand:
     mask = self.observed_mask(images, missing)
     observed = np.flatnonzero(mask)
     data.check_finite(images[..., observed], "the observed bands of cube")
+    self.check_input(images, "the observed bands of cube", observed)
     out = np.stack([self._repair_image(image, mask, rng if single else jax.random.fold_in(rng, b),
                                        num_steps, guidance, progress) for b, image in enumerate(images)])
+    values.check_output(out, "cube")
     return out[0] if single else out
 
   def from_sensor(self, bands, sensor, *, rng, num_steps=None, guidance=True, progress=None):
@@ -269,10 +292,12 @@ class AnyBand:
                        progress=progress)
 
   def num_tile_batches(self, height, width):
-    return sampling.num_tile_batches(self.bundle.model.min_size, self.settings, height, width)
+    size = self.bundle.model.min_size
+    return sampling.num_tile_batches(size, self.settings, max(height, size), max(width, size))
 
   def _repair_image(self, image, mask, rng, num_steps, guidance, progress):
-    raw = np.asarray(image, np.float32)
+    h, w = image.shape[:2]
+    raw = sampling.pad_to_min_size(np.asarray(image, np.float32), self.bundle.model.min_size)
     if self.settings.compiled():
       key = ("tiles", bool(guidance), num_steps or 0)
       if key not in self._programs:
@@ -289,4 +314,4 @@ class AnyBand:
       result = self.normaliser.inverse(out).astype(np.float32, copy=False)
     if self.config.repair.keep_observed:  # bit-exact: not through blending or the normaliser
       result[..., mask > 0] = raw[..., mask > 0]
-    return result
+    return result[:h, :w]

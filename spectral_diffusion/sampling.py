@@ -46,6 +46,7 @@ class SampleSettings:
   batch_size: int = 8
   loop: str = "auto"
   program: str = "auto"
+  allow_out_of_range: bool = False   # run on input far from the training range (data.values)
 
   def __post_init__(self):
     for name, allowed in (("sampler", SAMPLERS), ("spacing", samplers.SPACINGS), ("pdt_target", PDT_TARGETS),
@@ -59,6 +60,8 @@ class SampleSettings:
         raise UserInputError(f"sample.{name} is {value!r}: use a whole number >= {low}")
     if self.unipc_order not in (2, 3):
       raise UserInputError(f"sample.unipc_order is {self.unipc_order!r}: use 2 or 3")
+    if not isinstance(self.allow_out_of_range, (bool, np.bool_)):
+      raise UserInputError(f"sample.allow_out_of_range is {self.allow_out_of_range!r}: use True or False")
     if self.eta < 0:
       raise UserInputError(f"sample.eta is {self.eta}: use a value >= 0 (0 = deterministic DDIM)")
     for p in self.pdt_p_start:
@@ -113,11 +116,24 @@ def run_sampler(settings, eps_fn, schedule, shape, rng, x_transform=None, num_st
 
 def tile_size_for(min_size, settings, height, width):
   """The largest tile <= sample.tile_size that fits the image and the model's size multiple."""
+  if settings.tile_size < min_size:
+    raise UserInputError(f"sample.tile_size={settings.tile_size} is smaller than the model's minimum size "
+                         f"{min_size}; use a multiple of {min_size}, e.g. {max(64 // min_size, 1) * min_size}")
   size = min(settings.tile_size, height, width) // min_size * min_size
   if size < min_size:
     raise UserInputError(f"the image is {height}x{width} pixels, smaller than the model's minimum size "
                          f"{min_size}x{min_size}; use a larger image (or pad it)")
   return size
+
+
+def pad_to_min_size(image, min_size):
+  """An (H, W, C) image edge-padded at the bottom and right to at least min_size on each side, so strips
+  narrower than the model run (crop the output back to [:H, :W])."""
+  h, w = image.shape[:2]
+  if h >= min_size and w >= min_size:
+    return image
+  xp = jnp if isinstance(image, jax.Array) else np
+  return xp.pad(image, ((0, max(min_size - h, 0)), (0, max(min_size - w, 0)), (0, 0)), mode="edge")
 
 
 def tiling(min_size, settings, height, width):

@@ -25,7 +25,7 @@ import numpy as np
 
 from spectral_diffusion import baselines, metrics, physics, sampling
 from spectral_diffusion.anyband import masking, model
-from spectral_diffusion.data import patches
+from spectral_diffusion.data import outputs, patches
 from spectral_diffusion.evaluation import image_shape, mean_scores, num_images, per_image, split_description
 from spectral_diffusion.progress import Progress
 
@@ -86,9 +86,8 @@ def score(pred, truth, truth_indices, inferred, phys):
 def evaluate(config, workdir, d=None):
   """Writes workdir/eval/{anyband_metrics.json, anyband_metrics.md, *.png}; returns the metrics."""
   t0 = time.perf_counter()
+  out_dir = outputs.check_directory(os.path.join(workdir, "eval"), "eval output")  # before any work
   d = d or model.load_data(config)
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
   pgs = bool(config.physics.guidance_scale)
   steps = config.sample.num_steps
   runs = [("anyband", "anyband", pgs, steps)]   # (method, trained model, guided, DDIM steps)
@@ -123,14 +122,15 @@ def evaluate(config, workdir, d=None):
   timing = {m: float(np.median(s[1:] if len(s) > 1 else s)) for m, s in seconds.items()}
   report = {"protocols": results, "seconds_per_repair": timing,
             "test_shape": list(d.test.shape), "sampler_steps": config.sample.num_steps}
-  with open(os.path.join(out_dir, "anyband_metrics.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1)
-  table = markdown(report, d, config, time.perf_counter() - t0)
-  with open(os.path.join(out_dir, "anyband_metrics.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  from spectral_diffusion import plots  # matplotlib only when figures are drawn
-  # A stack of test patches is drawn side by side.
-  plots.repair_figures(out_dir, dataclasses.replace(d, test=patches.mosaic(d.test)), phys, shown)
+  with outputs.staged_directory(out_dir) as staging:  # files replace earlier ones only when all are written
+    with open(os.path.join(staging, "anyband_metrics.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1)
+    table = markdown(report, d, config, time.perf_counter() - t0)
+    with open(os.path.join(staging, "anyband_metrics.md"), "w", encoding="utf-8") as f:
+      f.write(table)
+    from spectral_diffusion import plots  # matplotlib only when figures are drawn
+    # A stack of test patches is drawn side by side.
+    plots.repair_figures(staging, dataclasses.replace(d, test=patches.mosaic(d.test)), phys, shown)
   print(table)
   return report
 

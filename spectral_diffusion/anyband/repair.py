@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from spectral_diffusion import data, physics, pipelines
-from spectral_diffusion.data import geo
+from spectral_diffusion.data import geo, outputs, values
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
@@ -85,9 +85,12 @@ def check_grid(file_nm, grid_nm, path):
 def repair_file(config, workdir, input_path, output_path=None, input_key=None, missing_bands=None,
                 sensor=None, wavelengths=None):
   """Repairs a file; writes the full cube (.tif/.tiff: GeoTIFF with the input's georeferencing and
-  the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata."""
+  the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata. Every check
+  (output location, input values) runs before the repair; both files replace earlier ones only once
+  both are complete."""
   if output_path is not None:
     geo.check_output_path(output_path)
+    outputs.check_output(output_path, [input_path])
   model = pipelines.AnyBand.load(workdir, config=config)
   n, wl = model.num_bands, model.wavelengths
   scene = data.with_wavelengths(data.load_scene(input_path, input_key), wavelengths, "--wavelengths")
@@ -102,8 +105,12 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
                            f"--wavelengths=c1,c2,... (nm, one per band; the model's grid has {n} bands "
                            f"at {wl.min():.1f}-{wl.max():.1f} nm) or --sensor=NAME for a sensor's bands")
     cube, mask, nodata = observed_bands(arr, missing_bands, n, input_path)
+  model.check_input(cube, input_path, np.flatnonzero(mask))  # wrong units, blank image, bytes in the wrong order
   if output_path is None:
     output_path = geo.default_output(input_path, os.path.join(workdir, "repaired"), like=scene)
+  png = os.path.splitext(output_path)[0] + ".png"
+  for path in (output_path, png):
+    outputs.check_output(path, [input_path])
   progress = Progress(model.num_tile_batches(*cube.shape[:2]), f"repairing {int(n - mask.sum())} of {n} bands")
   result = model.repair(cube, missing=mask == 0, rng=jax.random.key(config.seed), progress=progress)
   progress.close()
@@ -112,13 +119,14 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
     for i in np.flatnonzero(mask):
       result[..., i] = arr[..., i]
   result[nodata] = np.nan
+  note = values.output_note(result, model.value_range)  # NaN (nodata) counts as neither sign
   fwhm = scene.fwhm_nm if not sensor and scene.wavelengths_nm is not None else None
-  data.write_cube(output_path, result, like=scene, wavelengths_nm=wl, fwhm_nm=fwhm)
-  png = os.path.splitext(output_path)[0] + ".png"
-  _save_png(png, result, wl, mask)
+  with outputs.Staged() as staged:
+    data.write_cube(staged.path(output_path), result, like=scene, wavelengths_nm=wl, fwhm_nm=fwhm)
+    _save_png(staged.path(png), result, wl, mask)
   print(f"wrote {output_path} {result.shape} ({int(mask.sum())} observed bands kept"
         f"{'' if config.repair.keep_observed else ' as the model returned them'}"
-        f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}), and {png}")
+        f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}), and {png}{note}")
   return result
 
 

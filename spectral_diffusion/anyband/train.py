@@ -11,6 +11,7 @@ from spectral_diffusion import baselines, checkpoints, data, losses, models, phy
 from spectral_diffusion.anyband import masking
 from spectral_diffusion.anyband.model import VARIANTS, ModelSpace, ablations, check_config, load_data
 from spectral_diffusion.anyband.model import make_physics, model_dir, needs_emulator
+from spectral_diffusion.data import values
 
 def mspl(phys, weights, bandwidth, corr_prior, x0_hat, x0):
   """Per-sample multi-scale physical loss on normalised cubes (B, H, W, N)."""
@@ -98,6 +99,7 @@ def metadata(config, d, space, variant):
       "method": "anyband", "variant": variant, "num_bands": d.num_bands,
       "wavelengths_nm": [float(w) for w in d.wavelengths_nm],
       "normaliser": d.normaliser.to_dict(), "target_scale": space.target_scale,
+      "value_range": values.value_range(d.normaliser, d.train),  # input checks at repair time
       "gaussian": {k: np.asarray(v).tolist() for k, v in d.gaussian._asdict().items()},
       "sensors": [s.name for s in d.library], "crop_size": config.data.crop_size,
       **checkpoints.model_settings(config), "config": checkpoints.config_dict(config),

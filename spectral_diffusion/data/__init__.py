@@ -1,4 +1,5 @@
-"""Data: readers (.npy, .npz, .mat v5/v7.3, ENVI, GeoTIFF), writers, normalisers and patching."""
+"""Data: readers (.npy, .npz, .mat v5/v7.3, ENVI, GeoTIFF), writers (outputs: checked, staged), input value
+checks (values), normalisers and patching."""
 
 from spectral_diffusion.data._indian_pines_wavelengths import INDIAN_PINES_WAVELENGTHS_NM
 from spectral_diffusion.data.geo import write_cube

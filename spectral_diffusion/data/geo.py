@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from spectral_diffusion.data.outputs import atomic_write
 from spectral_diffusion.errors import UserInputError
 
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
@@ -164,24 +165,9 @@ def write_geotiff(path, cube, like=None, wavelengths_nm=None, nodata=None, fwhm_
   atomic_write(path, write)
 
 
-def atomic_write(path, write):
-  """Calls write(tmp) on a temporary name beside `path`, then renames it over `path`: nothing
-  half-written appears under the real name, and an earlier file there survives any failure."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  tmp = path + ".partial"
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    for leftover in (tmp, tmp + ".aux.xml"):
-      if os.path.exists(leftover):
-        os.remove(leftover)
-    raise
-
-
 def check_output_path(path):
-  """Refuses an output name whose format we cannot write, before any work is done."""
+  """Refuses an output name whose format we cannot write, before any work is done (outputs.check_output
+  checks the location)."""
   ext = os.path.splitext(os.fspath(path))[1].lower()
   if ext not in OUTPUT_EXTENSIONS:
     raise UserInputError(f"--output={path}: unknown output type '{ext}'; end the name in .tif or .tiff "

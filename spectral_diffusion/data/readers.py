@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from spectral_diffusion.data import values
 from spectral_diffusion.data._indian_pines_wavelengths import INDIAN_PINES_WAVELENGTHS_NM
 from spectral_diffusion.data.geo import GEOTIFF_EXTENSIONS
 from spectral_diffusion.errors import UserInputError
@@ -158,6 +159,9 @@ def _open(path: pathlib.Path) -> _Container:
 
 def _check_path(path) -> pathlib.Path:
   path = pathlib.Path(path)
+  if path.is_dir():
+    raise UserInputError(f"{path} is a directory, not a file; give the image file inside it "
+                         f"({', '.join(SUPPORTED_EXTENSIONS)})")
   if not path.is_file():
     where = "" if path.is_absolute() else f" (relative to {pathlib.Path.cwd()})"
     raise UserInputError(f"file not found: {path}{where}; check the path")
@@ -185,7 +189,7 @@ def _read_raster(path: pathlib.Path, kind: str, key: str | None):
   from spectral_diffusion.data import envi, geo  # pylint: disable=g-import-not-at-top
 
   if key is not None:
-    raise UserInputError(f"{path}: a raster file holds one cube, so key='{key}' does not apply; drop it")
+    raise UserInputError(f"{path}: a raster file holds one cube, so --input_key={key} does not apply; drop it")
   try:
     return envi.read_envi(path) if kind == "envi" else geo.read_raster(path)
   except UserInputError:
@@ -231,36 +235,49 @@ def _raster_scene(path: pathlib.Path, raw: np.ndarray, meta: dict, name: str) ->
                             band_names=meta["band_names"])
 
 
+# Variables that hold something other than the image: masks, labels, targets, band centres.
+_NOT_IMAGE_KEY = re.compile(r"mask|^gt|_gt|label|truth|class|valid|nodata|flag|target|tgt")
+
+
 def _pick_key(path: pathlib.Path, entries, key: str | None) -> str:
-  """The requested key, or the single largest numeric array with ndim >= 2."""
+  """The requested key, or the one array that is unambiguously the image: the only numeric array with
+  2 or more dimensions once those named like masks, labels or wavelengths are set aside, or else the
+  only 3-D one. Anything else is refused with the candidates listed (never the largest silently)."""
   if key is not None:
     if key not in entries:
       raise UserInputError(
           f"{path}: no variable '{key}'; available: {', '.join(sorted(entries)) or 'none'}")
     if not entries[key][1]:
-      raise UserInputError(f"{path}: variable '{key}' is not a numeric array; pass the key of the cube")
+      raise UserInputError(f"{path}: variable '{key}' is not a numeric array; pass the name of the image "
+                           f"with --input_key=NAME")
     return key
   candidates = {k: shape for k, (shape, numeric) in entries.items() if numeric and len(shape) >= 2}
   if not candidates:
     raise UserInputError(
         f"{path}: no numeric array with 2 or more dimensions; available: "
         f"{', '.join(sorted(entries)) or 'none'}; save the cube as a numeric (H, W, B) array")
-  sizes = {k: int(np.prod(shape)) for k, shape in candidates.items()}
-  largest = max(sizes.values())
-  best = sorted(k for k, s in sizes.items() if s == largest)
-  if len(best) > 1:
-    listing = ", ".join(f"{k} {candidates[k]}" for k in best)
-    raise UserInputError(f"{path}: several arrays could be the cube ({listing}); pass key= to choose one")
-  return best[0]
+  named = {k: s for k, s in candidates.items()
+           if not (_NOT_IMAGE_KEY.search(k.lower()) or _WAVELENGTH_KEY.search(k.lower()))}
+  for pool in (named, {k: s for k, s in named.items() if len(s) == 3},
+               {k: s for k, s in candidates.items() if len(s) == 3}):
+    if len(pool) == 1:
+      return next(iter(pool))
+  if len(candidates) == 1:
+    return next(iter(candidates))
+  listing = ", ".join(f"{k} {tuple(candidates[k])}" for k in sorted(candidates))
+  raise UserInputError(f"{path} holds several arrays that could be the image ({listing}); choose one with "
+                       f"--input_key=NAME")
 
 
 def _read(path: pathlib.Path, key: str | None) -> tuple[np.ndarray, _Container | None]:
   """Reads the array and, for .mat/.npz, keeps the container for the wavelengths lookup."""
   suffix = path.suffix.lower()
+  _check_signature(path, suffix)
   try:
     if suffix == ".npy":
       if key is not None:
-        raise UserInputError(f"{path}: a .npy file holds one array, so key='{key}' does not apply; drop key")
+        raise UserInputError(f"{path}: a .npy file holds one array, so --input_key={key} does not apply; "
+                             f"drop it")
       arr = np.load(path, allow_pickle=False)
       container = None
     else:
@@ -275,6 +292,26 @@ def _read(path: pathlib.Path, key: str | None) -> tuple[np.ndarray, _Container |
   if not _is_numeric(arr.dtype):
     raise UserInputError(f"{path}: the array has dtype {arr.dtype}, not numbers; save a numeric array")
   return arr, container
+
+
+# The first bytes numpy writes: a file without them gets a message about what it is instead of
+# numpy's guess ('pickled data'). MATLAB files are left to scipy/h5py (v4 files have no signature).
+_SIGNATURES = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}
+
+
+def _check_signature(path: pathlib.Path, suffix: str) -> None:
+  """Refuses an empty file, a text file, or a .npy/.npz file numpy did not write."""
+  with open(path, "rb") as f:
+    head = f.read(512)
+  if not head:
+    raise UserInputError(f"{path} is empty (0 bytes); save the image again")
+  text = all(32 <= c < 127 or c in b"\t\r\n" for c in head) and not head.startswith(b"MATLAB")
+  expected = _SIGNATURES.get(suffix)
+  if not text and (expected is None or head.startswith(expected)):
+    return
+  what = "a text file" if text else "not a file numpy wrote"
+  raise UserInputError(f"{path} is {what}, not a {suffix} file (it starts {head[:16]!r}); save the image "
+                       f"with numpy.save or MATLAB save, or give the right file")
 
 
 def load_array(path, key: str | None = None) -> np.ndarray:
@@ -337,6 +374,10 @@ def load_scene(path, key: str | None = None, wavelengths_key: str | None = None,
       path = path.with_suffix("")  # name the scene after the image, not 'X.hdr' -> 'X'
     return _raster_scene(path, raw, meta, name or path.stem)
   arr, container = _read(path, key)
+  values.check_not_mask(arr.dtype, str(path))
+  if arr.ndim == 3 and 0 in arr.shape:
+    raise UserInputError(f"{path}: the image is empty (shape {arr.shape}); save an image at least one "
+                         f"pixel high and wide with one band or more")
   if arr.ndim != 3:
     hint = (" (one band, or pixels and bands flattened); reshape it to (H, W, B) and save it as .npy"
             if arr.ndim == 2 else "; save the cube as a (H, W, B) array")

@@ -17,7 +17,7 @@ import numpy as np
 from spectral_diffusion import baselines, metrics, sampling, training
 from spectral_diffusion.evaluation import image_shape, mean_scores, num_images, per_image, pixelwise
 from spectral_diffusion.evaluation import split_description
-from spectral_diffusion.data import patches
+from spectral_diffusion.data import outputs, patches
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 from spectral_diffusion.scdm import cascade, experiment
@@ -85,9 +85,8 @@ def predictions(config, workdir, exp):
 def evaluate(config, workdir, exp=None):
   """Writes workdir/eval/{metrics.json, metrics_inferred_bands.json, metrics.md, *.png}; returns metrics."""
   t0 = time.perf_counter()
+  out_dir = outputs.check_directory(os.path.join(workdir, "eval"), "eval output")  # before any work
   exp = exp or experiment.load_experiment(config)
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
   preds, stage_preds = predictions(config, workdir, exp)
   span = float(exp.normaliser.span)
   inferred = [b for b in range(exp.num_bands) if b not in exp.rgb_bands]
@@ -97,17 +96,18 @@ def evaluate(config, workdir, exp=None):
     truth = exp.test[..., bands]
     all_bands[name] = score(pred, truth, None, span)
   seconds = time.perf_counter() - t0
-  with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-    json.dump(all_bands, f, indent=1)
-  with open(os.path.join(out_dir, "metrics_inferred_bands.json"), "w", encoding="utf-8") as f:
-    json.dump(inferred_bands, f, indent=1)
-  table = markdown_table(all_bands, inferred_bands, exp, config, seconds)
-  with open(os.path.join(out_dir, "metrics.md"), "w", encoding="utf-8") as f:
-    f.write(table)
-  from spectral_diffusion import plots  # matplotlib only when figures are drawn
-  # A stack of test patches is drawn side by side.
-  plots.evaluation_figures(out_dir, dataclasses.replace(exp, test=patches.mosaic(exp.test)),
-                           {m: patches.mosaic(p) for m, p in preds.items()})
+  with outputs.staged_directory(out_dir) as staging:  # files replace earlier ones only when all are written
+    with open(os.path.join(staging, "metrics.json"), "w", encoding="utf-8") as f:
+      json.dump(all_bands, f, indent=1)
+    with open(os.path.join(staging, "metrics_inferred_bands.json"), "w", encoding="utf-8") as f:
+      json.dump(inferred_bands, f, indent=1)
+    table = markdown_table(all_bands, inferred_bands, exp, config, seconds)
+    with open(os.path.join(staging, "metrics.md"), "w", encoding="utf-8") as f:
+      f.write(table)
+    from spectral_diffusion import plots  # matplotlib only when figures are drawn
+    # A stack of test patches is drawn side by side.
+    plots.evaluation_figures(staging, dataclasses.replace(exp, test=patches.mosaic(exp.test)),
+                             {m: patches.mosaic(p) for m, p in preds.items()})
   print(table)
   return all_bands
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from spectral_diffusion import data, physics, pipelines
-from spectral_diffusion.data import geo
+from spectral_diffusion.data import geo, outputs, values
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
@@ -59,25 +59,33 @@ def read_input(path, key, input_bands, rgb_bands, num_bands, grid_nm=None, wavel
 def sample_file(config, workdir, input_path, output_path=None, input_key=None, input_bands=None,
                 wavelengths=None, sensor=None):
   """Runs the cascade on a file; writes the cube (.tif/.tiff: GeoTIFF with the input's georeferencing
-  and the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata."""
+  and the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata. Every check
+  (output location, input values) runs before sampling; both files replace earlier ones only once
+  both are complete."""
   if output_path is not None:
     geo.check_output_path(output_path)
+    outputs.check_output(output_path, [input_path])
   scdm = pipelines.SCDM.load(workdir, config=config)
   grid = None if scdm.wavelengths is None else list(scdm.wavelengths)
   rgb, nodata, scene = read_input(input_path, input_key, input_bands, scdm.rgb_bands, scdm.num_bands,
                                   grid, wavelengths, sensor)
+  scdm.check_input(rgb, input_path)  # wrong units, blank image, bytes read in the wrong order
   rgb = data.fill_nodata(rgb, nodata, input_path)
   if output_path is None:
     output_path = geo.default_output(input_path, os.path.join(workdir, "samples"), like=scene)
+  png = os.path.splitext(output_path)[0] + ".png"
+  for path in (output_path, png):
+    outputs.check_output(path, [input_path])
   progress = Progress(scdm.num_tile_batches(*rgb.shape[:2]), "sampling")
   cube = scdm.sample(rgb, jax.random.key(config.seed), progress=progress)
   progress.close()
   cube[nodata] = np.nan
-  data.write_cube(output_path, cube, like=scene, wavelengths_nm=grid)
-  png = os.path.splitext(output_path)[0] + ".png"
-  _save_png(png, cube, scdm.rgb_bands)
+  note = values.output_note(cube, scdm.value_range)  # NaN (nodata) counts as neither sign
+  with outputs.Staged() as staged:
+    data.write_cube(staged.path(output_path), cube, like=scene, wavelengths_nm=grid)
+    _save_png(staged.path(png), cube, scdm.rgb_bands)
   print(f"wrote {output_path} {cube.shape} in the training data's units"
-        f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}, and {png}")
+        f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}, and {png}{note}")
   return cube
 
 

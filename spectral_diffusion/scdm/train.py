@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_diffusion import checkpoints, data, losses, models, schedules, sharding, training
+from spectral_diffusion.data import values
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.scdm import cascade, experiment
 
@@ -74,6 +75,7 @@ def stage_metadata(config, exp, stage, space):
       "cond_bands": space.condition_bands(len(stage.in_bands)),
       "target_scale": space.target_scale, "prior": prior,
       "normaliser": exp.normaliser.to_dict(),
+      "value_range": values.value_range(exp.normaliser, exp.train),  # input checks at sample time
       "wavelengths_nm": None if exp.wavelengths_nm is None else [float(w) for w in exp.wavelengths_nm],
       "crop_size": config.data.crop_size, **checkpoints.model_settings(config),
       "config": checkpoints.config_dict(config),

@@ -18,7 +18,8 @@ import time
 
 import jax
 
-from spectral_diffusion import samplers, sampling, training
+from spectral_diffusion import methods, samplers, sampling, training
+from spectral_diffusion.data import outputs
 from spectral_diffusion.scdm import cascade, evaluate, experiment
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
@@ -174,15 +175,10 @@ def write(out_dir, rows, exp, config, tolerance_db):
              best_within_tolerance=best and {k: best[k] for k in ("sampler", "spacing", "num_steps")},
              rows=rows)
   table = markdown(rows, exp, config, tolerance_db)
-  staged = []
-  for name, writer in (("sweep.json", lambda p: _write_text(p, json.dumps(doc, indent=1))),
-                       ("sweep.md", lambda p: _write_text(p, table)),
-                       ("sweep.png", lambda p: plot(p, rows))):
-    tmp = os.path.join(out_dir, f".{name}.tmp.{os.getpid()}" + os.path.splitext(name)[1])
-    writer(tmp)
-    staged.append((tmp, os.path.join(out_dir, name)))
-  for tmp, final in staged:
-    os.replace(tmp, final)
+  with outputs.Staged() as staged:
+    _write_text(staged.path(os.path.join(out_dir, "sweep.json")), json.dumps(doc, indent=1))
+    _write_text(staged.path(os.path.join(out_dir, "sweep.md")), table)
+    plot(staged.path(os.path.join(out_dir, "sweep.png")), rows)
   return table
 
 
@@ -194,12 +190,12 @@ def _write_text(path, text):
 def sweep(config, workdir, steps, few_step=FEW_STEP, spacings=None, ddpm=True, out_dir=None,
           tolerance_db=0.3):
   """The whole tool: run, score, write; returns the rows."""
-  if config.method != "scdm":
+  if methods.get(config).name != "scdm":  # every setting checked once, as the command line does
     raise UserInputError("the steps sweep evaluates an SCDM cascade (method=scdm); AnyBand's evaluator is "
                          "--mode=eval")
-  exp = experiment.load_experiment(config)
   plan = settings(few_step, steps, spacings or (config.sample.spacing,), config.diffusion.num_timesteps, ddpm)
-  out_dir = out_dir or os.path.join(workdir, "steps_sweep")
+  out_dir = outputs.check_directory(out_dir or os.path.join(workdir, "steps_sweep"), "--output_dir")
+  exp = experiment.load_experiment(config)
   os.makedirs(out_dir, exist_ok=True)
   partial = os.path.join(out_dir, "sweep.partial.json")
   rows = run_sweep(config, workdir, plan, exp, partial)
@@ -212,7 +208,7 @@ def main(argv=None):
   from absl import flags
   from ml_collections import config_flags
 
-  from spectral_diffusion.main import _one_line
+  from spectral_diffusion.main import _one_line, parse
   argv = sys.argv if argv is None else argv
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", flag_values=fv,
@@ -226,13 +222,15 @@ def main(argv=None):
   flags.DEFINE_float("tolerance_db", 0.3, "report the cheapest setting within this MPSNR of DDPM",
                      flag_values=fv)
   flags.DEFINE_string("output_dir", None, "default: WORKDIR/steps_sweep", flag_values=fv)
+  problem = parse(fv, argv)  # missing or broken config file, unknown override key, bad flag value
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
   try:
-    fv(argv)
     if fv.config is None or fv.workdir is None:
       raise flags.Error("give --config=configs/X.py and --workdir=DIR (a trained cascade)")
-    fv.config.keys()  # the file loads lazily: fail here, inside the try, if it cannot
     steps = [int(s) for s in fv.steps]
-  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
+  except (flags.Error, ValueError) as e:
     print(f"error: {_one_line(e)} (see --helpfull)", file=sys.stderr)
     return 2
   try:

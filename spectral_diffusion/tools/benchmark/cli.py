@@ -7,7 +7,10 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from spectral_diffusion import sampling
+from spectral_diffusion.data import outputs
 from spectral_diffusion.errors import UserInputError
+from spectral_diffusion.main import parse as cli_parse
 from spectral_diffusion.tools.benchmark.memory import config_args, memory_case, MEMORY_TAG
 from spectral_diffusion.tools.benchmark.report import format_report, jsonable, run, write_json
 
@@ -60,6 +63,7 @@ def options_from_flags(fv, config):
       raise UserInputError(f"--{what} takes integers, got {','.join(values)}") from None
     return out
 
+  sampling.SampleSettings.from_config(config.sample)  # --batch defaults to sample.batch_size: check it
   sections = [s for s in fv.sections if s]
   unknown = [s for s in sections if s not in SECTIONS]
   if unknown:
@@ -101,11 +105,16 @@ def set_cpu_devices(n):
 def main(argv=None):
   argv = list(sys.argv if argv is None else argv)
   fv = define_flags(argv)
+  problem = cli_parse(fv, argv)  # missing or broken config file, unknown override key, bad flag value
+  if problem:
+    sys.stderr.write(f"error: {problem}\n")
+    return 2
   try:
-    fv(argv)
     config = fv.config
     if config is None:
       raise UserInputError("no --config given; e.g. --config=configs/demo_indian_pines.py")
+    if fv.json:  # a long run must not fail at its very end
+      outputs.check_output(fv.json, flag="--json")
     if fv.memory_case:
       print(MEMORY_TAG + json.dumps(jsonable(memory_case(config, fv.memory_case, fv.size))))
       return 0

@@ -1,10 +1,10 @@
 """The whole run: every figure of every stage as one JSON-ready dict, the table printed from it and the
 JSON file written from it."""
 import json
-import os
 
 import numpy as np
 
+from spectral_diffusion.data import outputs
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.tools.benchmark.attainable import matmul_probe
 from spectral_diffusion.tools.benchmark.figures import bench_stage, bf16_real_data, sampling_programs
@@ -145,8 +145,7 @@ def jsonable(v):
 
 def write_json(result, path):
   """Writes next to the target first, so an error never leaves a broken file under the real name."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".partial"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(jsonable(result), f, indent=1)
-  os.replace(tmp, path)
+  def write(tmp):
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(jsonable(result), f, indent=1)
+  outputs.atomic_write(path, write)
