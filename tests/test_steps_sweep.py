@@ -58,7 +58,7 @@ def test_best_within_tolerance_picks_the_cheapest_close_setting():
 
 def test_bad_settings_are_one_line_errors_and_keep_earlier_output(trained, tmp_path, capsys):
   config, workdir = trained
-  for kw, match in ((dict(few_step=("euler",)), "euler"), (dict(spacings=("karras",)), "karras"),
+  for kw, match in ((dict(few_step=("euler",)), "euler"), (dict(spacings=("cosine",)), "karras"),
                     (dict(steps=(0,)), "1 to 1000")):
     args = dict(few_step=("ddim",), steps=(2,), spacings=("logsnr",), num_timesteps=1000) | kw
     raises_one_line(steps_sweep.settings, args.pop("few_step"), args.pop("steps"), args.pop("spacings"),

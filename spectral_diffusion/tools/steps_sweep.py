@@ -3,10 +3,11 @@
   python -m spectral_diffusion.tools.steps_sweep --config=configs/demo_indian_pines.py --workdir=runs/demo \\
       --steps=10,20,50,100
 
-Runs DDIM and DPM-Solver++(2M) (--samplers, --spacings) at each step count, then ancestral DDPM over all T
-steps (the official recipe's sampler; --noddpm skips it): one sample of the whole test split per setting, every setting from the same rng (evaluate's first sample, so a setting equal to the config's
-matches the `scdm` row of eval/metrics.json) and with the config's ICMG and PDT. Scored by evaluate.score
-(normalised units, data_range 1, SAM in degrees). Writes OUTPUT_DIR (default WORKDIR/steps_sweep)/
+Runs DDIM and DPM-Solver++(2M) (or any few-step samplers: --samplers, --spacings) at each step count,
+then ancestral DDPM over all T steps (the official recipe's sampler; --noddpm skips it): one sample of
+the whole test split per setting, every setting from the same rng (evaluate's first sample, so a setting
+equal to the config's matches the `scdm` row of eval/metrics.json) and with the config's ICMG and PDT.
+Scored by evaluate.score (normalised units, data_range 1, SAM in degrees). Writes OUTPUT_DIR (default WORKDIR/steps_sweep)/
 {sweep.json, sweep.md, sweep.png}; the three files replace earlier ones only when the whole sweep is done
 (until then sweep.partial.json holds the rows so far).
 A sampler's first setting includes compiling its step (once per stage; later step counts reuse it).
@@ -24,13 +25,14 @@ from spectral_diffusion.scdm import cascade, evaluate, experiment
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.progress import Progress
 
-FEW_STEP = ("ddim", "dpm_solver_pp")
+FEW_STEP = tuple(name for name in samplers.SAMPLERS if name != "ddpm")  # defaults: DDIM and 2M
+DEFAULT_FEW_STEP = ("ddim", "dpm_solver_pp")
 
 
 def settings(few_step, steps, spacings, num_timesteps, ddpm=True):
   """[(sampler, num_steps, spacing)] in run order: the few-step samplers by step count, then DDPM-T.
 
-  spacing applies to dpm_solver_pp only (None elsewhere)."""
+  spacing applies to the DPM-Solver++ and UniPC samplers (None for ddim)."""
   for name in few_step:
     if name not in FEW_STEP:
       raise UserInputError(f"unknown sampler {name!r} in --samplers: use {', '.join(FEW_STEP)} (ddpm runs "
@@ -45,7 +47,7 @@ def settings(few_step, steps, spacings, num_timesteps, ddpm=True):
   out = []
   for n in sorted(set(steps)):
     for name in few_step:
-      for sp in (spacings if name == "dpm_solver_pp" else (None,)):
+      for sp in (spacings if name != "ddim" else (None,)):
         out.append((name, n, sp))
   if ddpm:
     out.append(("ddpm", num_timesteps, None))
@@ -187,7 +189,7 @@ def _write_text(path, text):
     f.write(text)
 
 
-def sweep(config, workdir, steps, few_step=FEW_STEP, spacings=None, ddpm=True, out_dir=None,
+def sweep(config, workdir, steps, few_step=DEFAULT_FEW_STEP, spacings=None, ddpm=True, out_dir=None,
           tolerance_db=0.3):
   """The whole tool: run, score, write; returns the rows."""
   if methods.get(config).name != "scdm":  # every setting checked once, as the command line does
@@ -215,8 +217,10 @@ def main(argv=None):
                                   sys_argv=argv)
   flags.DEFINE_string("workdir", None, "the trained cascade's workdir", flag_values=fv)
   flags.DEFINE_list("steps", ["10", "20", "50", "100"], "step counts of the few-step samplers", flag_values=fv)
-  flags.DEFINE_list("samplers", list(FEW_STEP), "few-step samplers to run at each step count", flag_values=fv)
-  flags.DEFINE_list("spacings", None, "dpm_solver_pp timesteps, one line each (default: sample.spacing)",
+  flags.DEFINE_list("samplers", list(DEFAULT_FEW_STEP), "few-step samplers to run at each step count: "
+                    f"{', '.join(FEW_STEP)}", flag_values=fv)
+  flags.DEFINE_list("spacings", None, "timesteps of the samplers other than ddim, one line each (default: "
+                    "sample.spacing)",
                     flag_values=fv)
   flags.DEFINE_bool("ddpm", True, "also run ancestral DDPM over all T steps (the reference)", flag_values=fv)
   flags.DEFINE_float("tolerance_db", 0.3, "report the cheapest setting within this MPSNR of DDPM",
