@@ -7,7 +7,8 @@ Runs DDIM and DPM-Solver++(2M) (or any few-step samplers: --samplers, --spacings
 then ancestral DDPM over all T steps (the official recipe's sampler; --noddpm skips it): one sample of
 the whole test split per setting, every setting from the same rng (evaluate's first sample, so a setting
 equal to the config's matches the `scdm` row of eval/metrics.json) and with the config's ICMG and PDT.
-Scored by evaluate.score (normalised units, data_range 1, SAM in degrees). Writes OUTPUT_DIR (default WORKDIR/steps_sweep)/
+Scored by evaluate.score (normalised units, data_range 1, SAM in degrees).
+Writes OUTPUT_DIR (default WORKDIR/steps_sweep)/
 {sweep.json, sweep.md, sweep.png}; the three files replace earlier ones only when the whole sweep is done
 (until then sweep.partial.json holds the rows so far).
 A sampler's first setting includes compiling its step (once per stage; later step counts reuse it).
