@@ -1,5 +1,22 @@
 """Shared fixtures: real data from ../shared/data, tiny configs, one trained tiny cascade per session."""
+import os
 import pathlib
+import shutil
+import tempfile
+
+# One persistent XLA compilation cache for the whole run, set before JAX is imported: the tests compile
+# the same tiny models again and again (new closures, CLI runs, subprocesses, notebook kernels and xdist
+# workers inherit it through the environment), and on XLA:CPU compilation is most of the suite's time.
+# A cache the user set is used as it is; the run's own is deleted at the end. For the same reason the
+# tests compile with XLA's lowest backend (LLVM) optimisation level, which roughly halves XLA:CPU compile
+# time of these tiny models; the programs, and so what the tests check, are the same. An optimisation
+# level already in XLA_FLAGS is kept (XLA_FLAGS=--xla_backend_optimization_level=2 tests at the default).
+_OWN_JAX_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_JAX_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="spectral_diffusion_jax_cache_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 import numpy as np
 import pytest
@@ -120,3 +137,8 @@ def anyband_model(tmp_path_factory, crop_file):
   workdir = tmp_path_factory.mktemp("anyband_model")
   train.train_variant(config, str(workdir), model.load_data(config), "anyband")
   return config, workdir
+
+
+def pytest_unconfigure(config):
+  if _OWN_JAX_CACHE:
+    shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)

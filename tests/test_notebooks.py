@@ -3,9 +3,8 @@
 Each notebook's "parameters" cell reads SPECTRAL_DIFFUSION_NOTEBOOK_QUICK: full settings by default (what
 a Colab user runs), tiny sizes when it is "1", which is what these tests set unless the variable is
 already set (`SPECTRAL_DIFFUSION_NOTEBOOK_QUICK=0 python -m pytest tests/test_notebooks.py` runs them in
-full). In quick mode the kernel also gets XLA's lowest backend optimisation level: a quick notebook's time
-is almost all XLA:CPU compilation of tiny models, which this roughly halves; the code path is the same.
-The kernel's environment is its own, so nothing here touches this process's.
+full). The kernel inherits the test run's environment (tests/conftest.py: the shared compilation cache and
+XLA's lowest backend optimisation level).
 """
 import os
 import pathlib
@@ -16,7 +15,6 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 QUICK_VAR = "SPECTRAL_DIFFUSION_NOTEBOOK_QUICK"
-QUICK_XLA_FLAG = "--xla_backend_optimization_level=0"
 # A kernel's first start in a fresh virtualenv on a loaded 2-core machine has taken over 60 s (jupyter's
 # default start-up timeout), which is not a notebook failure.
 KERNEL_STARTUP_TIMEOUT_S = 600
@@ -26,8 +24,6 @@ CELL_TIMEOUT_S = 3600
 def kernel_env():
   env = dict(os.environ)
   env.setdefault(QUICK_VAR, "1")
-  if env[QUICK_VAR] == "1":
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {QUICK_XLA_FLAG}".strip()
   return env
 
 

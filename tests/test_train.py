@@ -8,6 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import scdm_dfc2018, scdm_pavia_center
+from spectral_diffusion import models, training
 from spectral_diffusion.scdm import cascade, experiment, train
 from spectral_diffusion.errors import TrainingDiverged
 from conftest import indian_pines, tiny_config
@@ -83,12 +84,11 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, crop_file):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("get_config", [scdm_dfc2018.get_config, scdm_pavia_center.get_config])
-def test_paper_config_builds_and_takes_one_training_step(tmp_path, get_config):
+def _paper_config_on_real_spectra(get_config, tmp_path):
+  """A paper config reading a 64 x 72 Indian Pines crop resampled to the paper's band count."""
   config = get_config()
   n = config.data.num_bands
   cube = indian_pines()[:64, :72]
-  # Real spectra resampled to the paper's band count; the full 77 M-parameter model at 64 x 64.
   cube = np.stack([cube[..., int(b)] for b in np.linspace(0, 199, n)], axis=-1)
   np.save(tmp_path / "cube.npy", cube)
   config.data.source = "scene"  # the paper configs read TFDS builders; this one reads the resampled cube
@@ -96,11 +96,41 @@ def test_paper_config_builds_and_takes_one_training_step(tmp_path, get_config):
   config.data.key = ""
   config.data.train_cols = (0, 64)
   config.data.test_cols = (64, 72)
-  config.data.crop_size = 64
+  config.data.crop_size = 64  # the smallest size the paper U-Net takes (six downsamplings)
   config.train.batch_size = 1
   config.train.num_steps = 1
   config.train.stages = (1,)  # the larger stage; stage 1 differs only in its band counts
-  state = train.train_stage(config, str(tmp_path / "run"), experiment.load_experiment(config),
-                            experiment.load_experiment(config).stages[1])
+  return config
+
+
+def test_paper_config_takes_one_training_step(tmp_path):
+  # The full 77 M-parameter DFC2018 stage-2 model, one real step through the training loop.
+  config = _paper_config_on_real_spectra(scdm_dfc2018.get_config, tmp_path)
+  exp = experiment.load_experiment(config)
+  state = train.train_stage(config, str(tmp_path / "run"), exp, exp.stages[1])
   assert int(state.step) == 1
-  assert sum(p.size for p in jax.tree.leaves(state.params)) == (77_557_168 if n == 48 else 77_687_398)
+  assert sum(p.size for p in jax.tree.leaves(state.params)) == 77_557_168
+
+
+def test_pavia_center_paper_config_traces_its_training_step(tmp_path):
+  # The other paper config differs from DFC2018 only in band counts (102, stages of 12 -> 102): its
+  # whole training step is traced by eval_shape (shapes and dtypes of state and metrics, no compile).
+  config = _paper_config_on_real_spectra(scdm_pavia_center.get_config, tmp_path)
+  exp = experiment.load_experiment(config)
+  stage = exp.stages[1]
+  space = experiment.fit_stage_space(config, stage, exp.train)
+  model = models.build_model(config.model, len(stage.out_bands))
+  optimizer = training.make_optimizer(config.train)
+  n_out, n_cond = len(stage.out_bands), space.condition_bands(len(stage.in_bands))
+  init = training.state_initializer(model, optimizer, train.scdm_example_args(n_out, 64, n_cond))
+  state = jax.eval_shape(init, jax.random.key(0))
+  assert sum(p.size for p in jax.tree.leaves(state.params)) == 77_687_398
+  step_fn = train.make_train_step(model, training.make_schedule(config.diffusion), optimizer,
+                                  config.diffusion, config.train)
+  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                       train.make_batch(train.stage_training_cube(exp.train, stage, space), stage, space,
+                                        config.train, config.data, config.seed, 0))
+  new_state, metrics = jax.eval_shape(step_fn, state, batch, jax.random.key(1))
+  assert batch["x0"].shape == (1, 64, 64, 102)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(lambda a: (a.shape, a.dtype), state)
+  assert metrics["loss"].shape == () and metrics["loss"].dtype == np.float32
