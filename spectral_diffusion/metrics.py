@@ -177,8 +177,8 @@ def local_variance_ratio(pred, target, k: int = 3) -> float:
   """local_variance(pred) / local_variance(target): 1 = the prediction keeps the true texture, < 1 =
   over-smoothed (a regression or a posterior mean), > 1 = noisier than the truth. k: the (odd) box size."""
   p, t = _pair(pred, target)
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
-    raise UserInputError(f"local_variance_ratio k is {k!r}: use an odd box size >= 1 (default 3)")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 3 or k % 2 == 0:
+    raise UserInputError(f"local_variance_ratio k is {k!r}: use an odd box size >= 3 (default 3)")
   truth = local_variance(t, k)
   if truth <= 0:
     raise UserInputError("local_variance_ratio is undefined for a target without local variation (a "
