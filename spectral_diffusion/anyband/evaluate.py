@@ -15,8 +15,7 @@ wavelength. Every method returns the observed bands as given.
 PSNR, SSIM, RMSE and the distribution scores (W1: metrics.wasserstein1; the local-variance ratio:
 metrics.local_variance_ratio) are over the bands each method had to infer (normalised units, data
 range 1; the missing bands, or all bands for a sensor); SAM and the NDVI / NDWI agreement (CC and RMSE
-of the index maps against the truth's) are over the whole returned cube, so all-band scores would add
-nothing but exact observed bands. A test split that is a stack of patches
+of the index maps against the truth's) are over the whole returned cube. A test split that is a stack of patches
 (data.source=tfds) is repaired patch by patch and every metric is the mean over patches.
 """
 import dataclasses
