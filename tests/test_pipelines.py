@@ -59,6 +59,7 @@ def test_sample_shapes_batches_and_posterior_mean(compiled, rgb):
   np.testing.assert_allclose(compiled.posterior_mean(rgb, key, num_samples=3), three.mean(0), rtol=1e-6)
   batch = compiled.sample(np.stack([rgb, rgb[::-1]]), key)
   assert batch.shape == (2, 24, 21, 200)
+  np.testing.assert_array_equal(batch[1][..., list(compiled.rgb_bands)], rgb[::-1])
   np.testing.assert_allclose(batch[1], compiled.sample(rgb[::-1], jax.random.fold_in(key, 1)), rtol=1e-6,
                              atol=1e-3)
   # JAX arrays in, too; the image stays where it is.
@@ -66,8 +67,8 @@ def test_sample_shapes_batches_and_posterior_mean(compiled, rgb):
 
 
 def test_scdm_returns_the_rgb_bands_exactly(scdm, compiled, rgb):
-  """The output bands the RGB channels are hold the input bit for bit (both programs, both estimators,
-  batches, JAX input, and sample_fn in the user's own jit)."""
+  """The output bands the RGB channels are hold the input bit for bit (both programs, both estimators;
+  batches, JAX input and sample_fn: the next tests)."""
   key = jax.random.key(2)
   bands = list(scdm.rgb_bands)
   for pipeline in (scdm, compiled):
@@ -77,11 +78,6 @@ def test_scdm_returns_the_rgb_bands_exactly(scdm, compiled, rgb):
     assert np.abs(out[..., inferred]).min() > 0 and out.dtype == np.float32
   mean = compiled.sample(rgb, key, estimator="mean", num_samples=2)
   np.testing.assert_array_equal(mean[..., bands], rgb)
-  batch = compiled.sample(jnp.asarray(np.stack([rgb, rgb[::-1]])), key)
-  np.testing.assert_array_equal(batch[1][..., bands], rgb[::-1])
-  tiles = jnp.asarray(np.stack([rgb[:16, :16]] * 4))
-  full = jax.jit(compiled.sample_fn)(compiled.params, tiles, key)
-  np.testing.assert_array_equal(np.asarray(full)[..., bands], np.asarray(tiles))
 
 
 def test_scdm_mean_estimator_from_the_command_line_and_python(trained, rgb, tmp_path, capsys):
@@ -165,6 +161,7 @@ def test_sample_fn_inside_the_users_own_jit(compiled, rgb):
   assert spectra.shape == (4, 200) and bool(jnp.isfinite(spectra).all())
   full = jax.jit(compiled.sample_fn)(compiled.params, tiles, key)
   np.testing.assert_allclose(spectra, full.mean(axis=(1, 2)), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(full)[..., list(compiled.rgb_bands)], np.asarray(tiles))
   # One 16 x 16 image is one tile: the pipeline's batch 0 is this call (the tile repeated to the batch).
   np.testing.assert_allclose(compiled.sample(rgb[:16, :16], key), full_batch0(compiled, tiles, key),
                              rtol=1e-5, atol=1e-2)
