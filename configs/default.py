@@ -128,7 +128,8 @@ def scdm_sections(c):
   c.sample.pdt_target = "state"      # state (official code, default: clamp x_t before the network call;
                                      # the published numbers came from it) | eps (the paper's text: clamp
                                      # the predicted noise; unstable: on an exact Gaussian denoiser the
-                                     # clipped values escape and grow to 12-25 sigma)
+                                     # clipped noise stays in the samples, whose spread grows to 5-38x
+                                     # the data's; see README)
 
 
 def anyband_sections(c):

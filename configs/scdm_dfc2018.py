@@ -16,7 +16,7 @@ produced the published numbers), ICMG 2.5 in stage 2.
 Expected (paper, metrics averaged over the 3 test patches): RMSE 359.48 DN, SAM 0.0672 rad, MSSIM
 0.9887, MPSNR 47.21 dB. Paper-vs-code switches: diffusion.loss=l1 gives the official code's loss;
 sample.pdt_target=eps the paper's printed PDT (clip the predicted noise), which is unstable: on an exact
-Gaussian denoiser the clipped values escape and grow to 12-25 sigma, where the state form stays bounded.
+Gaussian denoiser the samples' spread grows to 5-38x the data's, where the state form stays bounded.
 """
 from configs import default
 
