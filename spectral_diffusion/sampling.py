@@ -3,9 +3,11 @@ run as overlapping tiles through one compiled program per tile batch.
 
 `SampleSettings` is the typed form of a config's `sample` section, checked once (`from_config`); library
 code takes it instead of the ConfigDict. `estimate` turns draws of a sampler into what an estimator
-returns (one sample, or the mean of several: the posterior-mean estimate), for both methods. `run_tiled` cuts an image already on the device into tiles,
-runs `tile_fn(params, tiles, rng)` on each batch and blends the outputs with linear ramps, gathering
-and blending inside the same compiled call: one device dispatch per tile batch, no host round trip.
+returns (one sample, or the mean of several: the posterior-mean estimate), for both methods, and
+`keep_observed` puts the input's own bands back into an output. `run_tiled` cuts an image already on
+the device into tiles, runs `tile_fn(params, tiles, rng)` on each batch and blends the outputs with
+linear ramps, gathering and blending inside the same compiled call: one device dispatch per tile
+batch, no host round trip.
 """
 import dataclasses
 import functools
@@ -105,7 +107,7 @@ class SampleSettings:
 
 
 def sample_keys(rng, num_samples):
-  """The keys of num_samples draws: rng itself for one draw, jax.random.fold_in(rng, i) for draw i of several."""
+  """The keys of num_samples draws: rng itself for one, jax.random.fold_in(rng, i) for draw i of several."""
   return [rng] if num_samples == 1 else [jax.random.fold_in(rng, i) for i in range(num_samples)]
 
 

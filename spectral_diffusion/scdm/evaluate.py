@@ -7,8 +7,9 @@ Metrics are computed in normalised units with data_range 1 (min-max over the tra
 also in the data's own units; beside the error metrics, the distribution scores W1 (metrics.wasserstein1)
 and the local-variance ratio (metrics.local_variance_ratio). Every method is scored over all bands and
 over the bands it had to infer (all but the RGB input bands); per-band PSNR is capped at metrics' max_db
-so that a band reproduced exactly does not make MPSNR infinite. A test split that is a stack of patches (data.source=tfds) is
-sampled patch by patch and every metric is the mean over patches (the papers' protocol).
+so that a band reproduced exactly does not make MPSNR infinite. A test split that is a stack of patches
+(data.source=tfds) is sampled patch by patch and every metric is the mean over patches (the papers'
+protocol).
 """
 import dataclasses
 import json
