@@ -88,7 +88,12 @@ def get_config(method="scdm"):
   c.sample.unipc_order = 2           # unipc only: 2 or 3
   c.sample.eta = 0.0                 # ddim only
   c.sample.ddpm_variance = "beta"    # beta (official code) | posterior
-  c.sample.num_samples = 1           # samples per image; >1 also reports their mean
+  c.sample.estimator = "sample"      # what sample/repair return: sample (one draw: realistic texture) |
+                                     # mean (the mean of num_samples draws: the posterior-mean estimate,
+                                     # the one to judge by PSNR/SAM/SSIM; with num_steps=1 each draw is
+                                     # already the network's one-step estimate of E[x0 | input])
+  c.sample.num_samples = 1           # draws the mean averages; eval reports the first draw and, if >1,
+                                     # their mean (one row per estimator)
   c.sample.tile_size = 64            # images are sampled in overlapping tiles of this size
   c.sample.tile_overlap = 16
   c.sample.batch_size = 8            # tiles per network call
@@ -120,7 +125,11 @@ def scdm_sections(c):
 
   c.sample.icmg_scale = (0.0, 2.5)   # per stage; 0 = plain conditional (paper's best: ICMG in stage 2)
   c.sample.pdt_p_start = (0.96, 0.88)  # per stage; 1.0 = off
-  c.sample.pdt_target = "eps"        # eps (paper) | state (official code clamps x_t)
+  c.sample.pdt_target = "state"      # state (official code, default: clamp x_t before the network call;
+                                     # the published numbers came from it) | eps (the paper's text: clamp
+                                     # the predicted noise; unstable: on an exact Gaussian denoiser the
+                                     # clipped noise stays in the samples, whose spread grows to 5-38x
+                                     # the data's; see README)
 
 
 def anyband_sections(c):

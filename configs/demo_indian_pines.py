@@ -6,8 +6,10 @@ RGB = bands nearest 640 / 550 / 460 nm -> 24 bands -> all 200 bands. Spatial spl
 train on image columns 0-71, test on columns 80-144 (an 8-column gap). Each stage predicts x0 of the
 residual over a ridge regression from its input bands (degree 2 from RGB, linear from 24 bands); the
 papers' eps-prediction does not converge in this budget (see README). Expected (measured on 2 cores): training and evaluation in
-about 11 minutes; on the test split scdm_mean (4 samples) 40.01 dB MPSNR / 3.99 deg SAM, beating linear
-ridge (39.65 / 4.59) but not degree-2 ridge (41.08 / 3.84); scdm (one sample) 39.34 dB / 4.32 deg.
+about 11 minutes; on the test split scdm_mean (4 samples) 40.79 dB MPSNR / 3.99 deg SAM (39.89 dB on the
+inferred bands), beating linear ridge (39.65 / 4.59) but not degree-2 ridge (41.08 / 3.84; 40.18 dB
+inferred); scdm (one sample) 40.15 dB / 4.32 deg (39.24 dB inferred). All bands include the RGB
+bands, returned exactly by every method.
 Sampler steps (python -m spectral_diffusion.steps_sweep, same config and workdir): DDIM 10 scored best of
 DDIM / DPM-Solver++ at 10-100 steps, 0.23 dB MPSNR above 1000-step DDPM (39.11 dB / 4.44 deg).
 """

@@ -1,5 +1,9 @@
 """Evaluation metrics for (H, W, B) hyperspectral cubes.
 
+Error metrics (rmse, sam, mpsnr, mssim, ergas) reward the posterior-mean estimate; a single sample is
+judged by whether it looks like real data: the distribution scores wasserstein1 (per-band pixel-value
+distributions) and local_variance_ratio (texture kept, 1, or smoothed away, < 1).
+
 All functions accept numpy or JAX arrays and compute in float64 numpy: they are for reporting, not for
 training, so accuracy matters more than tracing. `pred` and `target` must have the same 3-D shape and
 finite values; anything else raises `UserInputError`.
@@ -140,8 +144,51 @@ def ergas(pred, target, scale: float = 1.0) -> float:
   return float(100.0 / scale * np.sqrt(np.mean(mse / mu ** 2)))
 
 
+def wasserstein1(pred, target) -> float:
+  """Per-band Wasserstein-1 distance between the predicted and the true distributions of pixel values,
+  averaged over bands (in the data's units). With equal pixel counts W1 is the mean absolute difference
+  of the sorted values, which is what scipy.stats.wasserstein_distance computes. It compares value
+  distributions only, not which pixel has which value: 0 for any permutation of the true pixels, and
+  large when a prediction is too smooth (its values bunch near the mean) or biased."""
+  p, t = _pair(pred, target)
+  p = np.sort(p.reshape(-1, p.shape[-1]), axis=0)
+  t = np.sort(t.reshape(-1, t.shape[-1]), axis=0)
+  return float(np.mean(np.abs(p - t)))
+
+
+def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
+  """k x k spatial mean of x (H, W, B), edges padded by reflection (scipy.ndimage mode "reflect": the
+  edge pixel repeated), as scipy.ndimage.uniform_filter(x, size=(k, k, 1), mode="reflect")."""
+  lo = k // 2
+  padded = np.pad(x, ((lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)), mode="symmetric")
+  h, w = x.shape[:2]
+  rows = sum(padded[i:i + h] for i in range(k))  # separable: k shifted sums per axis
+  return sum(rows[:, j:j + w] for j in range(k)) / (k * k)
+
+
+def local_variance(x, k: int = 3) -> float:
+  """Variance over pixels and bands of x - (its k x k spatial mean): the texture a cube has around its
+  local mean (0 for a constant image)."""
+  a = np.asarray(x, np.float64)
+  return float(np.var(a - _box_mean(a, k)))
+
+
+def local_variance_ratio(pred, target, k: int = 3) -> float:
+  """local_variance(pred) / local_variance(target): 1 = the prediction keeps the true texture, < 1 =
+  over-smoothed (a regression or a posterior mean), > 1 = noisier than the truth. k: the (odd) box size."""
+  p, t = _pair(pred, target)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 3 or k % 2 == 0:
+    raise UserInputError(f"local_variance_ratio k is {k!r}: use an odd box size >= 3 (default 3)")
+  truth = local_variance(t, k)
+  if truth <= 0:
+    raise UserInputError("local_variance_ratio is undefined for a target without local variation (a "
+                         "constant image); score a textured target")
+  return local_variance(p, k) / truth
+
+
 def all_metrics(pred, target, data_range, bands: Optional[Sequence[int]] = None) -> Dict[str, float]:
-  """rmse, sam, mpsnr, mssim and ergas over the band indices `bands` (None = all bands).
+  """rmse, sam, mpsnr, mssim, ergas, w1 (wasserstein1) and local_var_ratio (local_variance_ratio, k=3)
+  over the band indices `bands` (None = all bands).
 
   SAM is taken over the same band subset (the spectra restricted to `bands`).
   """
@@ -159,6 +206,8 @@ def all_metrics(pred, target, data_range, bands: Optional[Sequence[int]] = None)
       "mpsnr": mpsnr(p, t, data_range),
       "mssim": mssim(p, t, data_range),
       "ergas": ergas(p, t),
+      "w1": wasserstein1(p, t),
+      "local_var_ratio": local_variance_ratio(p, t),
   }
 
 

@@ -3,7 +3,7 @@
     from spectral_diffusion import pipelines
     scdm = pipelines.SCDM.load("runs/demo")                       # EMA parameters + metadata only
     cube = scdm.sample(rgb, jax.random.key(0))                     # (H, W, 3) raw -> (H, W, bands) raw
-    mean = scdm.posterior_mean(rgb, jax.random.key(0), num_samples=8)
+    mean = scdm.sample(rgb, jax.random.key(0), estimator="mean", num_samples=8)  # = posterior_mean
     anyband = pipelines.AnyBand.load("runs/anyband")
     full = anyband.repair(cube_with_gaps, missing=[3, 50, 51], rng=jax.random.key(0))
     full = anyband.from_sensor(s2_bands, sensor="sentinel2a_msi", rng=jax.random.key(0))
@@ -73,6 +73,15 @@ def _as_image_batch(x, bands, what):
   return (x[None] if x.ndim == 3 else x), x.ndim == 3
 
 
+def _estimator(settings, estimator, num_samples):
+  """(estimator, num_samples) of a sample or repair call: the arguments, else the config's (the mean
+  averages sample.num_samples draws; a sample is one draw unless num_samples says more)."""
+  estimator = estimator or settings.estimator
+  if num_samples is None:
+    num_samples = settings.num_samples if estimator == "mean" else 1
+  return estimator, num_samples
+
+
 def _xp(x):
   return jnp if isinstance(x, jax.Array) else np
 
@@ -133,28 +142,33 @@ class SCDM:
     UserInputError naming `what`), unless settings.allow_out_of_range."""
     values.check_input(rgb, self.value_range, what, self.settings.allow_out_of_range)
 
-  def sample(self, rgb, rng, num_samples=1, progress=None):
-    """Samples every band for raw RGB (H, W, 3) or (batch, H, W, 3); returns (H, W, bands) or (batch,
-    H, W, bands) float32 numpy in the data's units. num_samples > 1 adds a leading axis of samples;
-    sample i then uses jax.random.fold_in(rng, i) (one sample uses rng itself), image b of a batch
-    fold_in(that, b). progress: an object with update(n) (e.g. progress.Progress), one per tile batch."""
+  def sample(self, rgb, rng, num_samples=None, progress=None, estimator=None):
+    """Every band for raw RGB (H, W, 3) or (batch, H, W, 3): (H, W, bands) or (batch, H, W, bands)
+    float32 numpy in the data's units. The output bands the RGB channels are (rgb_bands) hold the input
+    exactly.
+
+    estimator: "sample" (one draw of the cascade) or "mean" (the mean of num_samples draws: the
+    posterior-mean estimate, the one to score with PSNR, SAM and SSIM); default the config's
+    sample.estimator. num_samples: draws the mean averages (default sample.num_samples); for "sample",
+    num_samples > 1 (default 1) adds a leading axis of samples. Draw i uses jax.random.fold_in(rng, i)
+    (one draw uses rng itself), image b of a batch fold_in(that, b). progress: an object with update(n)
+    (e.g. progress.Progress), one per tile batch."""
     images, single = _as_image_batch(rgb, 3, "rgb")
     data.check_finite(images, "rgb")
     self.check_input(images)
-    if num_samples < 1:
-      raise UserInputError(f"num_samples is {num_samples}: use 1 or more")
-    keys = [rng] if num_samples == 1 else [jax.random.fold_in(rng, i) for i in range(num_samples)]
-    out = np.stack([np.stack([self._sample_image(image, key if single else jax.random.fold_in(key, b),
-                                                 progress)
-                              for b, image in enumerate(images)]) for key in keys])
-    values.check_output(out, "rgb")
-    out = out[:, 0] if single else out
-    return out[0] if num_samples == 1 else out
+    estimator, num_samples = _estimator(self.settings, estimator, num_samples)
+
+    def draw(key):
+      out = np.stack([self._sample_image(image, key if single else jax.random.fold_in(key, b), progress)
+                      for b, image in enumerate(images)])
+      values.check_output(out, "rgb")
+      return out[0] if single else out
+
+    return sampling.estimate(draw, rng, estimator, num_samples)
 
   def posterior_mean(self, rgb, rng, num_samples=8, progress=None):
-    """The mean of num_samples samples (the estimate to score with PSNR, SAM and SSIM)."""
-    samples = self.sample(rgb, rng, num_samples, progress)
-    return samples.mean(axis=0) if num_samples > 1 else samples
+    """The mean of num_samples samples: sample(..., estimator="mean")."""
+    return self.sample(rgb, rng, num_samples, progress, estimator="mean")
 
   def num_tile_batches(self, height, width):
     """Tile batches one sample of an image takes (progress bars count these)."""
@@ -168,10 +182,13 @@ class SCDM:
     if self.settings.compiled():
       out = sampling.run_tiled(self.sample_fn, self.params, rgb, rng, self.min_size, self.settings,
                                self.num_bands, progress)
-      return np.asarray(out)[:h, :w]
-    x = self.normaliser.forward(np.asarray(rgb, np.float32))
-    outputs = cascade.run_cascade(self.bundles, self.schedule, x, rng, self.settings, progress)
-    return self.normaliser.inverse(outputs[-1][:h, :w]).astype(np.float32)
+      out = np.array(out)[:h, :w]
+    else:
+      x = self.normaliser.forward(np.asarray(rgb, np.float32))
+      outputs = cascade.run_cascade(self.bundles, self.schedule, x, rng, self.settings, progress)
+      out = self.normaliser.inverse(outputs[-1][:h, :w]).astype(np.float32)
+    # The input bands, bit for bit: not through the normaliser or tile blending.
+    return sampling.keep_observed(out, np.asarray(rgb, np.float32)[:h, :w], self.rgb_bands)
 
 
 class _RepairTiles:
@@ -261,25 +278,34 @@ class AnyBand:
       raise UserInputError("every band is missing: give at least one observed band")
     return mask
 
-  def repair(self, cube, missing=None, *, rng, num_steps=None, guidance=True, progress=None):
+  def repair(self, cube, missing=None, *, rng, num_steps=None, guidance=True, progress=None, estimator=None,
+             num_samples=None):
     """Rebuilds every band of raw cube(s) (H, W, N) or (batch, H, W, N) on the model's grid.
 
     missing: True-is-missing boolean mask (N,) or band indices; bands NaN at every pixel are missing
     too. Observed bands must be finite; they come back exactly as given (repair.keep_observed).
     num_steps: sampler steps (default sample.num_steps; 1 = the one-step estimate of E[x0 | bands]).
     guidance: physics-guided sampling when physics.guidance_scale is not 0.
+    estimator, num_samples: as SCDM.sample ("sample": one draw; "mean": the mean of num_samples draws,
+    default the config's sample.estimator and sample.num_samples).
     """
     images, single = _as_image_batch(cube, self.num_bands, "cube")
     mask = self.observed_mask(images, missing)
     observed = np.flatnonzero(mask)
     data.check_finite(images[..., observed], "the observed bands of cube")
     self.check_input(images, "the observed bands of cube", observed)
-    out = np.stack([self._repair_image(image, mask, rng if single else jax.random.fold_in(rng, b),
-                                       num_steps, guidance, progress) for b, image in enumerate(images)])
-    values.check_output(out, "cube")
-    return out[0] if single else out
+    estimator, num_samples = _estimator(self.settings, estimator, num_samples)
 
-  def from_sensor(self, bands, sensor, *, rng, num_steps=None, guidance=True, progress=None):
+    def draw(key):
+      out = np.stack([self._repair_image(image, mask, key if single else jax.random.fold_in(key, b),
+                                         num_steps, guidance, progress) for b, image in enumerate(images)])
+      values.check_output(out, "cube")
+      return out[0] if single else out
+
+    return sampling.estimate(draw, rng, estimator, num_samples)
+
+  def from_sensor(self, bands, sensor, *, rng, num_steps=None, guidance=True, progress=None, estimator=None,
+                  num_samples=None):
     """Every band from a sensor's band values (H, W, K) raw, K = the sensor's bands on the model's grid
     in physics.sensor_on_grid(sensor, wavelengths).band_names order; each sits at the nearest grid band."""
     on_grid = physics.sensor_on_grid(sensor, self.wavelengths)
@@ -289,7 +315,7 @@ class AnyBand:
     cube, mask = physics.place_on_grid(np.asarray(values, np.float32), on_grid, self.num_bands)
     cube = np.where(np.asarray(mask) > 0, np.asarray(cube, np.float32), np.nan)
     return self.repair(cube[0] if single else cube, rng=rng, num_steps=num_steps, guidance=guidance,
-                       progress=progress)
+                       progress=progress, estimator=estimator, num_samples=num_samples)
 
   def num_tile_batches(self, height, width):
     size = self.bundle.model.min_size
@@ -313,5 +339,6 @@ class AnyBand:
                                progress=progress, num_steps=num_steps)
       result = self.normaliser.inverse(out).astype(np.float32, copy=False)
     if self.config.repair.keep_observed:  # bit-exact: not through blending or the normaliser
-      result[..., mask > 0] = raw[..., mask > 0]
+      observed = np.flatnonzero(mask)
+      sampling.keep_observed(result, raw[..., observed], observed)
     return result[:h, :w]

@@ -2,9 +2,12 @@
 run as overlapping tiles through one compiled program per tile batch.
 
 `SampleSettings` is the typed form of a config's `sample` section, checked once (`from_config`); library
-code takes it instead of the ConfigDict. `run_tiled` cuts an image already on the device into tiles,
-runs `tile_fn(params, tiles, rng)` on each batch and blends the outputs with linear ramps, gathering
-and blending inside the same compiled call: one device dispatch per tile batch, no host round trip.
+code takes it instead of the ConfigDict. `estimate` turns draws of a sampler into what an estimator
+returns (one sample, or the mean of several: the posterior-mean estimate), for both methods, and
+`keep_observed` puts the input's own bands back into an output. `run_tiled` cuts an image already on
+the device into tiles, runs `tile_fn(params, tiles, rng)` on each batch and blends the outputs with
+linear ramps, gathering and blending inside the same compiled call: one device dispatch per tile
+batch, no host round trip.
 """
 import dataclasses
 import functools
@@ -20,6 +23,7 @@ from spectral_diffusion.errors import UserInputError
 SAMPLERS = tuple(samplers.SAMPLERS)
 PROGRAMS = ("auto", "compiled", "python")
 PDT_TARGETS = ("eps", "state")
+ESTIMATORS = ("sample", "mean")
 DDPM_VARIANCES = ("beta", "posterior")
 LOOPS = ("auto", "scan", "python")
 
@@ -39,7 +43,8 @@ class SampleSettings:
   ddpm_variance: str = "beta"
   icmg_scale: tuple = (0.0,)
   pdt_p_start: tuple = (1.0,)
-  pdt_target: str = "eps"
+  pdt_target: str = "state"
+  estimator: str = "sample"
   num_samples: int = 1
   tile_size: int = 64
   tile_overlap: int = 16
@@ -50,7 +55,8 @@ class SampleSettings:
 
   def __post_init__(self):
     for name, allowed in (("sampler", SAMPLERS), ("spacing", samplers.SPACINGS), ("pdt_target", PDT_TARGETS),
-                          ("ddpm_variance", DDPM_VARIANCES), ("loop", LOOPS), ("program", PROGRAMS)):
+                          ("ddpm_variance", DDPM_VARIANCES), ("loop", LOOPS), ("program", PROGRAMS),
+                          ("estimator", ESTIMATORS)):
       if getattr(self, name) not in allowed:
         raise UserInputError(f"unknown sample.{name} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
     for name, low in (("num_steps", 1), ("num_samples", 1), ("tile_size", 1), ("batch_size", 1),
@@ -89,11 +95,63 @@ class SampleSettings:
   def replace(self, **changes):
     return dataclasses.replace(self, **changes)
 
+  def num_draws(self):
+    """Sampler runs per image: sample.num_samples for the mean estimator, else 1 (progress bars)."""
+    return self.num_samples if self.estimator == "mean" else 1
+
   def compiled(self):
     """Whether images run as one compiled program per tile batch (program auto: on accelerators)."""
     if self.program == "auto":
       return jax.default_backend() != "cpu"
     return self.program == "compiled"
+
+
+def sample_keys(rng, num_samples):
+  """The keys of num_samples draws: rng itself for one, jax.random.fold_in(rng, i) for draw i of several."""
+  return [rng] if num_samples == 1 else [jax.random.fold_in(rng, i) for i in range(num_samples)]
+
+
+def estimate(draw, rng, estimator, num_samples):
+  """What `estimator` returns from draw(key) -> one sample (an array, or a list of arrays).
+
+  sample: draw(rng), or with num_samples > 1 the draws stacked on a new leading axis; mean: the mean of
+  num_samples draws (the posterior-mean estimate PSNR, SAM and SSIM should score; with one sampler step
+  each draw is already the network's estimate of E[x0 | input], so the mean only averages out x_T).
+  Draw i uses sample_keys(rng, num_samples)[i]. The mean is a running float64 sum (memory for two
+  outputs, not num_samples), so values equal in every draw (observed bands) come back exactly.
+  """
+  if estimator not in ESTIMATORS:
+    raise UserInputError(f"unknown estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+    raise UserInputError(f"num_samples is {num_samples!r}: use a whole number >= 1")
+  keys = sample_keys(rng, num_samples)
+  if estimator == "sample":
+    draws = [draw(key) for key in keys]
+    return draws[0] if num_samples == 1 else jax.tree.map(lambda *xs: np.stack(xs), *draws)
+  return sample_and_mean(draw, keys)[1]
+
+
+def sample_and_mean(draw, keys):
+  """(draw(keys[0]), the float32 mean of draw(key) over keys): both estimators from one set of draws
+  (what the evaluators report). A running float64 sum: memory for two outputs, not one per key."""
+  first = total = None
+  for key in keys:
+    x = draw(key)
+    first = x if first is None else first
+    x = jax.tree.map(lambda a: np.asarray(a, np.float64), x)
+    total = x if total is None else jax.tree.map(np.add, total, x)
+  return first, jax.tree.map(lambda a: (a / len(keys)).astype(np.float32), total)
+
+
+def keep_observed(out, observed, bands):
+  """out (..., N) with its bands `bands` set to `observed` (..., len(bands)): the input's own values,
+  bit for bit, where the output has bands the input gave. numpy arrays are changed in place (large
+  scenes) and returned; JAX arrays (inside compiled programs) are returned updated."""
+  bands = np.asarray(bands, np.int64)
+  if isinstance(out, jax.Array):
+    return out.at[..., bands].set(jnp.asarray(observed, out.dtype))
+  out[..., bands] = observed
+  return out
 
 
 def run_sampler(settings, eps_fn, schedule, shape, rng, x_transform=None, num_steps=None, loop=None):

@@ -111,10 +111,55 @@ def test_train_and_evaluate_end_to_end(anyband_run):
     assert set(table) == {"anyband", "anyband_no_pgs", "anyband_one_step", "anyband_no_dsm", "ridge",
                           "interp"}
     for scores in table.values():
-      assert np.isfinite([scores["psnr"], scores["ssim"], scores["sam_deg"], scores["ndvi_cc"]]).all()
+      assert np.isfinite([scores["psnr"], scores["ssim"], scores["sam_deg"], scores["ndvi_cc"], scores["w1"],
+                          scores["local_var_ratio"]]).all()
   for name in ("missing_50%_spectra.png", "missing_50%_ndvi.png", "sensor_sentinel2a_msi_error.png",
                "anyband_metrics.md"):
     assert (workdir / "eval" / name).exists()
+
+
+def test_evaluator_rows_per_estimator(crop_file, tmp_path, monkeypatch):
+  """With the network replaced by a stand-in (missing bands = a constant drawn from the key): anyband is
+  the first draw, anyband_mean and anyband_one_step the mean of sample.num_samples draws; every row has
+  the distribution scores."""
+  from types import SimpleNamespace
+
+  from spectral_diffusion import metrics
+  from spectral_diffusion.anyband import evaluate, model
+  config = tiny_anyband_config(crop_file)
+  config.physics.guidance_scale = 0.0
+  config.sample.num_samples = 3
+  config.eval.missing_fractions = (0.5,)
+  config.eval.input_band_counts = ()
+  config.eval.sensors = ()
+  config.eval.ablations = ()
+  d = model.load_data(config)
+  calls = []
+
+  def stand_in(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, num_steps=None):
+    calls.append(num_steps)
+    return np.where(mask > 0, cube_obs, float(jax.random.uniform(rng))).astype(np.float32)
+
+  monkeypatch.setattr(model, "load_model", lambda *a: SimpleNamespace(model=SimpleNamespace(min_size=8)))
+  monkeypatch.setattr(model, "repair", stand_in)
+  report = evaluate.evaluate(config, str(tmp_path), d=d)
+  assert calls == [2] * 3 + [1] * 3                       # three draws each of anyband and the one-step row
+  (protocol, _, mask), = evaluate.protocols(config, d)
+  table = report["protocols"][protocol]
+  assert set(table) == {"anyband", "anyband_mean", "anyband_one_step", "ridge", "interp"}
+  missing = np.flatnonzero(mask == 0)
+  key = jax.random.key(config.seed + 300)
+  values = [float(jax.random.uniform(k)) for k in [key] + [jax.random.fold_in(key, i) for i in (1, 2)]]
+  truth = d.test[..., missing]
+  for row, value in (("anyband", values[0]), ("anyband_mean", np.mean(values))):
+    flat = np.full(truth.shape, value)
+    assert table[row]["psnr"] == pytest.approx(metrics.mpsnr(flat, truth, 1.0), rel=1e-5)
+    assert table[row]["w1"] == pytest.approx(metrics.wasserstein1(flat, truth), rel=1e-5)
+  for scores in table.values():
+    assert {"w1", "local_var_ratio"} <= set(scores)
+  assert table["anyband_mean"]["local_var_ratio"] == pytest.approx(0.0, abs=1e-12)
+  assert 0.2 < table["ridge"]["local_var_ratio"] < 2.0
+  assert "anyband_mean" in (tmp_path / "eval" / "anyband_metrics.md").read_text()
 
 
 def _cube_with_missing(tmp_path, missing):

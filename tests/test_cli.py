@@ -74,6 +74,7 @@ def test_nan_pixels_in_training_data(capsys, tmp_path, crop_file):
     ("--config.sample.sampler=euler", "sample.sampler"),
     ("--config.sample.batch_size=0", "sample.batch_size"),
     ("--config.sample.pdt_target=x", "sample.pdt_target"),
+    ("--config.sample.estimator=median", "sample.estimator"),
     ("--config.train.optimizer=sgd", "train.optimizer"),
     ("--config.train.batch_size=0", "train.batch_size"),
     ("--config.data.source=web", "data.source"),
@@ -118,17 +119,18 @@ def test_sample_writes_full_cube(capsys, trained, tmp_path):
   assert code == 0, err
   result = np.load(out)
   assert result.shape == (20, 24, 200) and np.isfinite(result).all()
+  np.testing.assert_array_equal(result[..., [24, 15, 6]], cube[:20, :24][..., [24, 15, 6]])  # RGB as given
   assert (tmp_path / "out" / "cube.png").stat().st_size > 5_000
   # A full cube as input takes the trained RGB bands itself.
   np.save(tmp_path / "full.npy", cube[:20, :24])
   code, _ = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
                 f"--input={tmp_path}/full.npy", f"--output={tmp_path}/full_out.npy")
   assert code == 0 and np.load(tmp_path / "full_out.npy").shape == (20, 24, 200)
-  # The official code's PDT on the state x_t, with DDIM eta 1.
+  # The paper's printed PDT on the predicted noise (the default is the official code's, on x_t), DDIM eta 1.
   code, _ = run(capsys, f"--config={DEMO}", *overrides(config), f"--workdir={workdir}", "--mode=sample",
-                "--config.sample.pdt_target=state", "--config.sample.eta=1.0",
-                f"--input={tmp_path}/rgb.npy", f"--output={tmp_path}/state_out.npy")
-  assert code == 0 and np.isfinite(np.load(tmp_path / "state_out.npy")).all()
+                "--config.sample.pdt_target=eps", "--config.sample.eta=1.0",
+                f"--input={tmp_path}/rgb.npy", f"--output={tmp_path}/eps_out.npy")
+  assert code == 0 and np.isfinite(np.load(tmp_path / "eps_out.npy")).all()
 
 
 @pytest.mark.parametrize("case", ["wrong_bands", "nan", "missing"])  # small images run: test_messy_inputs

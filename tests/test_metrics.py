@@ -92,13 +92,15 @@ def test_all_metrics_band_subset_and_jax_input(pair):
   bands = [0, 3, 7, 19]
   got = metrics.all_metrics(jnp.asarray(pred), jnp.asarray(target), 1.0, bands=bands)
   p, t = pred[..., bands], target[..., bands]
-  assert set(got) == {"rmse", "sam", "mpsnr", "mssim", "ergas"}
+  assert set(got) == {"rmse", "sam", "mpsnr", "mssim", "ergas", "w1", "local_var_ratio"}
   # JAX defaults to float32, so compare loosely.
   np.testing.assert_allclose(got["rmse"], metrics.rmse(p, t), rtol=1e-5)
   np.testing.assert_allclose(got["sam"], metrics.sam(p, t), rtol=1e-4)
   np.testing.assert_allclose(got["mpsnr"], metrics.mpsnr(p, t, 1.0), rtol=1e-5)
   np.testing.assert_allclose(got["mssim"], metrics.mssim(p, t, 1.0), rtol=1e-5)
   np.testing.assert_allclose(got["ergas"], metrics.ergas(p, t), rtol=1e-5)
+  np.testing.assert_allclose(got["w1"], metrics.wasserstein1(p, t), rtol=1e-5)
+  np.testing.assert_allclose(got["local_var_ratio"], metrics.local_variance_ratio(p, t), rtol=1e-4)
   full = metrics.all_metrics(pred, target, 1.0)
   assert full["rmse"] == metrics.rmse(pred, target)
 
@@ -120,3 +122,36 @@ def test_bad_input_raises(pair):
     metrics.mpsnr(pred, target, 0.0)
   with pytest.raises(UserInputError, match="bands"):
     metrics.all_metrics(pred, target, 1.0, bands=[25])
+
+
+def test_wasserstein1_matches_scipy_and_closed_forms(pair):
+  from scipy.stats import wasserstein_distance
+  pred, target = pair
+  ref = np.mean([wasserstein_distance(pred[..., b].ravel(), target[..., b].ravel()) for b in range(20)])
+  np.testing.assert_allclose(metrics.wasserstein1(pred, target), ref, rtol=1e-10)
+  assert metrics.wasserstein1(target, target) == 0.0
+  np.testing.assert_allclose(metrics.wasserstein1(target + 0.03, target), 0.03, rtol=1e-10)  # a shift
+  # Only the distribution counts: the pixels shuffled (each band alike) are at distance 0.
+  shuffled = np.random.default_rng(0).permutation(target.reshape(-1, 20)).reshape(target.shape)
+  np.testing.assert_allclose(metrics.wasserstein1(shuffled, target), 0.0, atol=1e-15)
+  # A constant at the mean is as far as the mean absolute deviation.
+  mean = np.broadcast_to(target.mean(axis=(0, 1)), target.shape)
+  np.testing.assert_allclose(metrics.wasserstein1(mean, target),
+                             np.mean(np.abs(target - target.mean(axis=(0, 1)))), rtol=1e-10)
+
+
+def test_local_variance_ratio_against_scipy_and_closed_forms(pair):
+  pred, target = pair
+  for k in (3, 5):
+    def lv(x):
+      return np.var(x - ndimage.uniform_filter(x, size=(k, k, 1), mode="reflect"))
+    np.testing.assert_allclose(metrics.local_variance_ratio(pred, target, k), lv(pred) / lv(target), rtol=1e-10)
+  assert metrics.local_variance_ratio(target, target) == 1.0
+  assert metrics.local_variance_ratio(np.full_like(target, 0.4), target) == pytest.approx(0.0, abs=1e-20)
+  np.testing.assert_allclose(metrics.local_variance_ratio(2.0 * target + 0.1, target), 4.0, rtol=1e-10)
+  assert metrics.local_variance_ratio(pred, target) < 1.0          # the blurred prediction is smoother
+  with pytest.raises(UserInputError, match="constant"):
+    metrics.local_variance_ratio(target, np.zeros_like(target))
+  for k in (1, 4):
+    with pytest.raises(UserInputError, match="odd"):
+      metrics.local_variance_ratio(pred, target, k=k)

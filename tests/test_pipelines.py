@@ -59,10 +59,50 @@ def test_sample_shapes_batches_and_posterior_mean(compiled, rgb):
   np.testing.assert_allclose(compiled.posterior_mean(rgb, key, num_samples=3), three.mean(0), rtol=1e-6)
   batch = compiled.sample(np.stack([rgb, rgb[::-1]]), key)
   assert batch.shape == (2, 24, 21, 200)
+  np.testing.assert_array_equal(batch[1][..., list(compiled.rgb_bands)], rgb[::-1])
   np.testing.assert_allclose(batch[1], compiled.sample(rgb[::-1], jax.random.fold_in(key, 1)), rtol=1e-6,
                              atol=1e-3)
   # JAX arrays in, too; the image stays where it is.
   np.testing.assert_allclose(compiled.sample(jnp.asarray(rgb), key), one, rtol=1e-6, atol=1e-3)
+
+
+def test_scdm_returns_the_rgb_bands_exactly(scdm, compiled, rgb):
+  """The output bands the RGB channels are hold the input bit for bit (both programs, both estimators;
+  batches, JAX input and sample_fn: the next tests)."""
+  key = jax.random.key(2)
+  bands = list(scdm.rgb_bands)
+  for pipeline in (scdm, compiled):
+    out = pipeline.sample(rgb, key)
+    np.testing.assert_array_equal(out[..., bands], rgb)
+    inferred = np.setdiff1d(np.arange(200), bands)
+    assert np.abs(out[..., inferred]).min() > 0 and out.dtype == np.float32
+  mean = compiled.sample(rgb, key, estimator="mean", num_samples=2)
+  np.testing.assert_array_equal(mean[..., bands], rgb)
+
+
+def test_scdm_mean_estimator_from_the_command_line_and_python(trained, rgb, tmp_path, capsys):
+  config, workdir = trained
+  np.save(tmp_path / "rgb.npy", rgb)
+  flags = [f"--config.{s}.{k}={tuple(v) if isinstance(v, (list, tuple)) else v}"
+           for s in ("data", "model", "train", "sample") for k, v in getattr(config, s).items()
+           if k != "estimator"]
+  code = cli.main(["main", "--config=configs/demo_indian_pines.py", *flags, f"--workdir={workdir}",
+                   "--mode=sample", "--config.sample.estimator=mean", f"--input={tmp_path / 'rgb.npy'}",
+                   f"--output={tmp_path / 'mean.npy'}"])
+  assert code == 0, capsys.readouterr().err
+  assert "the mean of 2 samples" in capsys.readouterr().out   # sample.num_samples of the tiny config
+  key = jax.random.key(config.seed)
+  scdm = pipelines.SCDM.load(workdir, program="python")
+  mean = scdm.sample(rgb, key, estimator="mean")              # default: sample.num_samples draws
+  np.testing.assert_array_equal(mean, np.load(tmp_path / "mean.npy"))
+  np.testing.assert_allclose(mean, scdm.sample(rgb, key, num_samples=2).mean(0), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(scdm.posterior_mean(rgb, key, num_samples=2), mean)
+  # The config's estimator is the default of sample() (load keyword = --config.sample.estimator).
+  by_config = pipelines.SCDM.load(workdir, program="python", estimator="mean")
+  np.testing.assert_array_equal(by_config.sample(rgb, key), mean)
+  assert by_config.sample(rgb, key, estimator="sample").shape == mean.shape
+  raises_one_line(scdm.sample, rgb, key, estimator="median", match="sample, mean")
+  raises_one_line(pipelines.SCDM.load, workdir, estimator="median", match="sample.estimator")
 
 
 def _primitives(jaxpr, stop_at=("scan",)):
@@ -121,6 +161,7 @@ def test_sample_fn_inside_the_users_own_jit(compiled, rgb):
   assert spectra.shape == (4, 200) and bool(jnp.isfinite(spectra).all())
   full = jax.jit(compiled.sample_fn)(compiled.params, tiles, key)
   np.testing.assert_allclose(spectra, full.mean(axis=(1, 2)), rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(full)[..., list(compiled.rgb_bands)], np.asarray(tiles))
   # One 16 x 16 image is one tile: the pipeline's batch 0 is this call (the tile repeated to the batch).
   np.testing.assert_allclose(compiled.sample(rgb[:16, :16], key), full_batch0(compiled, tiles, key),
                              rtol=1e-5, atol=1e-2)
@@ -196,6 +237,28 @@ def test_anyband_compiled_program_matches_and_keeps_observed_bands(anyband_model
   rebuilt = fn(model.params, tiles, jnp.asarray(observed, jnp.float32), key)
   assert rebuilt.shape == (8, 16, 16, 200)
   np.testing.assert_array_equal(np.asarray(rebuilt)[..., observed], np.asarray(tiles)[..., observed])
+
+
+def test_anyband_mean_estimator_from_the_command_line_and_python(anyband_model, holes, tmp_path, capsys):
+  config, workdir = anyband_model
+  from conftest import config_flags
+  np.save(tmp_path / "holes.npy", holes)
+  flags = [f for f in config_flags(config) if not f.startswith(("--config.sample.estimator=",
+                                                                 "--config.sample.num_samples="))]
+  argv = ["main", "--config=configs/anyband_demo_indian_pines.py", f"--workdir={workdir}", *flags,
+          "--config.sample.estimator=mean", "--config.sample.num_samples=2", "--mode=repair",
+          f"--input={tmp_path / 'holes.npy'}", f"--output={tmp_path / 'mean.npy'}"]
+  assert cli.main(argv) == 0, capsys.readouterr().err
+  assert "the mean of 2 samples" in capsys.readouterr().out
+  model = pipelines.AnyBand.load(workdir, config=config, program="python")
+  key = jax.random.key(config.seed)
+  mean = model.repair(holes, rng=key, estimator="mean", num_samples=2)
+  np.testing.assert_array_equal(mean, np.load(tmp_path / "mean.npy"))
+  draws = [model.repair(holes, rng=jax.random.fold_in(key, i)) for i in range(2)]
+  np.testing.assert_allclose(mean, np.mean(draws, axis=0), rtol=1e-6, atol=1e-6)
+  assert np.abs(draws[0] - draws[1]).max() > 0                # two different samples were averaged
+  observed = ~np.isnan(holes).all(axis=(0, 1))
+  np.testing.assert_array_equal(mean[..., observed], holes[..., observed])
 
 
 def test_anyband_from_sensor(anyband_model):

@@ -332,11 +332,52 @@ def test_config_dispatch_names_the_samplers(sched):
       samplers.dpm_solver_pp(eps_fn, sched, (2, 1, 1, 2), rng, num_steps=5, spacing=cfg.spacing))
   for field, value, match in (("sampler", "euler", "dpm_solver_pp"), ("spacing", "cosine", "karras"), ("unipc_order", 4, "2 or 3"),
                               ("num_steps", 0, ">= 1"), ("batch_size", 0, ">= 1"), ("pdt_target", "x", "state"),
-                              ("tile_overlap", -1, ">= 0"), ("program", "jit", "compiled"),
+                              ("estimator", "median", "sample, mean"), ("tile_overlap", -1, ">= 0"), ("program", "jit", "compiled"),
                               ("pdt_p_start", (0.9, 1.5), r"\(0, 1\]"), ("colour", 1, "unknown sample")):
     raises_one_line(sampling.SampleSettings.from_config, cfg, match=match, **{field: value})
   too_many = sampling.SampleSettings.from_config(cfg, num_steps=2000)
   raises_one_line(sampling.run_sampler, too_many, eps_fn, sched, (2, 1, 1, 2), rng, match="1 to 1000")
+
+
+def test_estimators_from_draws():
+  """sample = one draw (or a stack), mean = the mean of num_samples draws with the same keys; values equal
+  in every draw (observed bands) come back bit for bit."""
+  rng = jax.random.key(3)
+  exact = np.float32([0.1, 1 / 3, 7.7, 1e-3])
+
+  def draw(key):
+    out = np.array(jax.random.uniform(key, (4, 3)), np.float32)
+    out[:, 0] = exact
+    return out
+
+  one = sampling.estimate(draw, rng, "sample", 1)
+  np.testing.assert_array_equal(one, draw(rng))
+  stack = sampling.estimate(draw, rng, "sample", 3)
+  assert stack.shape == (3, 4, 3)
+  np.testing.assert_array_equal(stack[2], draw(jax.random.fold_in(rng, 2)))
+  mean = sampling.estimate(draw, rng, "mean", 3)
+  assert mean.shape == (4, 3) and mean.dtype == np.float32
+  np.testing.assert_allclose(mean, stack.mean(axis=0), rtol=1e-6)
+  np.testing.assert_array_equal(mean[:, 0], exact)
+  np.testing.assert_array_equal(sampling.estimate(draw, rng, "mean", 1), one)
+  first, avg = sampling.sample_and_mean(lambda k: [draw(k), draw(k)[:1]], sampling.sample_keys(rng, 3))
+  np.testing.assert_array_equal(first[0], stack[0])
+  np.testing.assert_array_equal(avg[0], mean)
+  raises_one_line(sampling.estimate, draw, rng, "median", 2, match="sample, mean")
+  raises_one_line(sampling.estimate, draw, rng, "mean", 0, match=">= 1")
+  assert default.get_config().sample.estimator == "sample"
+  assert sampling.SampleSettings(estimator="mean", num_samples=4).num_draws() == 4
+  assert sampling.SampleSettings(num_samples=4).num_draws() == 1
+
+
+def test_keep_observed_numpy_and_jax():
+  out = np.zeros((2, 3, 5), np.float32)
+  given = np.arange(12, dtype=np.float32).reshape(2, 3, 2) / 7
+  assert sampling.keep_observed(out, given, [4, 1]) is out   # numpy: in place
+  np.testing.assert_array_equal(out[..., [4, 1]], given)
+  assert not out[..., [0, 2, 3]].any()
+  got = jax.jit(lambda o, g: sampling.keep_observed(o, g, (4, 1)))(jnp.zeros((2, 3, 5)), given)
+  np.testing.assert_array_equal(np.asarray(got), out)
 
 
 def test_python_loop_compiles_one_step_for_every_step_count():

@@ -9,7 +9,7 @@ import pytest
 
 from configs import scdm_dfc2018, scdm_pavia_center
 from spectral_diffusion import models, training
-from spectral_diffusion.scdm import cascade, experiment, train
+from spectral_diffusion.scdm import cascade, evaluate, experiment, train
 from spectral_diffusion.errors import TrainingDiverged
 from conftest import indian_pines, tiny_config
 
@@ -22,13 +22,41 @@ def test_train_evaluate_end_to_end(trained):
   results = json.load(open(workdir / "eval" / "metrics.json"))
   for method in ("scdm", "scdm_mean", "ridge", "ridge_poly2", "interp", "scdm_stage1", "scdm_stage2",
                  "scdm_stage2_from_truth"):
-    assert set(results[method]) >= {"rmse", "sam", "mpsnr", "mssim", "ergas"}
+    assert set(results[method]) >= {"rmse", "sam", "mpsnr", "mssim", "ergas", "w1", "local_var_ratio"}
     assert all(np.isfinite(v) for v in results[method].values())
   inferred = json.load(open(workdir / "eval" / "metrics_inferred_bands.json"))
   assert set(inferred) >= {"scdm", "ridge", "ridge_poly2", "interp"}
   for png in ("false_colour.png", "error_heatmap.png", "spectra.png", "per_band_psnr.png"):
     assert (workdir / "eval" / png).stat().st_size > 10_000
-  assert "| scdm |" in (workdir / "eval" / "metrics.md").read_text()
+  table = (workdir / "eval" / "metrics.md").read_text()
+  assert "| scdm |" in table and "| scdm_mean |" in table and "LV ratio" in table and "W1" in table
+
+
+def test_evaluator_rows_per_estimator_and_exact_rgb_bands(trained, monkeypatch):
+  """With the cascade replaced by a stand-in (draw i fills every band with i): scdm is the first draw,
+  scdm_mean the mean of sample.num_samples draws, and every method, baselines too, holds the test RGB
+  bands exactly; the stage rows stay as sampled."""
+  config, workdir = trained
+  exp = experiment.load_experiment(config)
+  calls = []
+
+  def stand_in(stages, schedule, inputs, rng, settings, progress=None):
+    calls.append(len(stages))
+    value = float(len(calls) - 1)
+    return [np.full(inputs.shape[:-1] + (len(s.stage.out_bands),), value, np.float32) for s in stages]
+
+  monkeypatch.setattr(cascade, "run_cascade", stand_in)
+  preds, stage_preds = evaluate.predictions(config, str(workdir), exp)
+  assert config.sample.num_samples == 2 and calls == [2, 2, 1]   # two draws, then stage 2 from the truth
+  rgb = list(exp.rgb_bands)
+  inferred = np.setdiff1d(np.arange(exp.num_bands), rgb)
+  assert set(preds) == {"scdm", "scdm_mean", "ridge", "ridge_poly2", "interp"}
+  for name, pred in preds.items():
+    np.testing.assert_array_equal(pred[..., rgb], exp.test[..., rgb], err_msg=name)
+  assert (preds["scdm"][..., inferred] == 0.0).all() and (preds["scdm_mean"][..., inferred] == 0.5).all()
+  assert (stage_preds["scdm_stage2"][0] == 0.0).all()
+  scores = evaluate.score(preds["scdm_mean"], exp.test, inferred, 1.0)
+  assert scores["local_var_ratio"] == 0.0 and scores["w1"] > 0.01   # flat: no texture, wrong histogram
 
 
 def _params(workdir, stage=0):

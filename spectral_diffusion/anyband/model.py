@@ -331,7 +331,8 @@ def repair(bundle, cube_obs, mask, rng, config, phys, pgs=True, progress=None, n
 
   out = data.predict_tiled(fn, cube, size, overlap, config.sample.batch_size)
   if config.repair.keep_observed:
-    out[..., mask > 0] = cube[..., mask > 0]
+    observed = np.flatnonzero(mask)
+    sampling.keep_observed(out, cube[..., observed], observed)
   return out
 
 

@@ -1,5 +1,5 @@
 """`--mode=repair`: rebuild every band of a user's cube with a trained AnyBand model; write the cube
-(GeoTIFF or .npy) and a PNG.
+(GeoTIFF or .npy) and a PNG: one sample, or with sample.estimator=mean the mean of sample.num_samples.
 
 What is observed comes in one of three ways:
   - a full-grid cube whose missing bands are entirely NaN;
@@ -111,7 +111,11 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
   png = os.path.splitext(output_path)[0] + ".png"
   for path in (output_path, png):
     outputs.check_output(path, [input_path])
-  progress = Progress(model.num_tile_batches(*cube.shape[:2]), f"repairing {int(n - mask.sum())} of {n} bands")
+  settings = model.settings
+  what = f"the mean of {settings.num_samples} samples" if settings.estimator == "mean" else "one sample"
+  progress = Progress(settings.num_draws() * model.num_tile_batches(*cube.shape[:2]),
+                      f"repairing {int(n - mask.sum())} of {n} bands, {what}")
+  # One sample or the mean of several, as sample.estimator says.
   result = model.repair(cube, missing=mask == 0, rng=jax.random.key(config.seed), progress=progress)
   progress.close()
   del cube  # large scenes: hold as few full-size copies as possible
@@ -124,7 +128,7 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
   with outputs.Staged() as staged:
     data.write_cube(staged.path(output_path), result, like=scene, wavelengths_nm=wl, fwhm_nm=fwhm)
     _save_png(staged.path(png), result, wl, mask)
-  print(f"wrote {output_path} {result.shape} ({int(mask.sum())} observed bands kept"
+  print(f"wrote {output_path} {result.shape} ({what}; {int(mask.sum())} observed bands kept"
         f"{'' if config.repair.keep_observed else ' as the model returned them'}"
         f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}), and {png}{note}")
   return result

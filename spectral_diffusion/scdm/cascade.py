@@ -175,7 +175,8 @@ def sample_stage(bundle, schedule, cond, rng, settings):
 @dataclasses.dataclass(frozen=True, eq=False)
 class CascadeProgram:
   """The whole cascade on a batch of raw input tiles as one traceable function:
-  program(params, tiles (B, h, w, in) raw, rng) -> (B, h, w, N) raw. params is one parameter tree per
+  program(params, tiles (B, h, w, in) raw, rng) -> (B, h, w, N) raw, the output bands the input bands
+  are (stage 1's in_bands) holding the input exactly. params is one parameter tree per
   stage; stage k uses jax.random.fold_in(rng, k), and its output feeds stage k+1 on the device. Each
   stage's sampler is a lax.scan, so under jit the batch is one program with one loop per stage.
   Hashable by identity: one instance reuses its compiled program."""
@@ -193,7 +194,8 @@ class CascadeProgram:
                                 jax.random.fold_in(rng, bundle.stage.index), x_transform=x_transform,
                                 loop="scan")
       x = bundle.space.from_model(x0, reference)
-    return self.normaliser.inverse(x).astype(jnp.float32)
+    out = self.normaliser.inverse(x).astype(jnp.float32)
+    return sampling.keep_observed(out, jnp.asarray(tiles, jnp.float32), self.bundles[0].stage.in_bands)
 
 
 def min_size(bundles):

@@ -1,4 +1,5 @@
-"""`--mode=sample`: run a trained cascade on a user's image file; write the cube (GeoTIFF or .npy) and a PNG."""
+"""`--mode=sample`: run a trained cascade on a user's image file; write the cube (GeoTIFF or .npy) and a PNG.
+sample.estimator picks one sample or the mean of sample.num_samples (pipelines.SCDM.sample)."""
 import os
 
 import jax
@@ -59,7 +60,8 @@ def read_input(path, key, input_bands, rgb_bands, num_bands, grid_nm=None, wavel
 def sample_file(config, workdir, input_path, output_path=None, input_key=None, input_bands=None,
                 wavelengths=None, sensor=None):
   """Runs the cascade on a file; writes the cube (.tif/.tiff: GeoTIFF with the input's georeferencing
-  and the grid's wavelengths; .npy otherwise) and a PNG. Nodata pixels come out as nodata. Every check
+  and the grid's wavelengths; .npy otherwise) and a PNG: sample.estimator's output, the RGB bands
+  exactly as read. Nodata pixels come out as nodata. Every check
   (output location, input values) runs before sampling; both files replace earlier ones only once
   both are complete."""
   if output_path is not None:
@@ -76,15 +78,18 @@ def sample_file(config, workdir, input_path, output_path=None, input_key=None, i
   png = os.path.splitext(output_path)[0] + ".png"
   for path in (output_path, png):
     outputs.check_output(path, [input_path])
-  progress = Progress(scdm.num_tile_batches(*rgb.shape[:2]), "sampling")
-  cube = scdm.sample(rgb, jax.random.key(config.seed), progress=progress)
+  settings = scdm.settings
+  what = f"the mean of {settings.num_samples} samples" if settings.estimator == "mean" else "one sample"
+  progress = Progress(settings.num_draws() * scdm.num_tile_batches(*rgb.shape[:2]), f"sampling {what}")
+  cube = scdm.sample(rgb, jax.random.key(config.seed), progress=progress)  # sample.estimator
   progress.close()
   cube[nodata] = np.nan
   note = values.output_note(cube, scdm.value_range)  # NaN (nodata) counts as neither sign
   with outputs.Staged() as staged:
     data.write_cube(staged.path(output_path), cube, like=scene, wavelengths_nm=grid)
     _save_png(staged.path(png), cube, scdm.rgb_bands)
-  print(f"wrote {output_path} {cube.shape} in the training data's units"
+  print(f"wrote {output_path} {cube.shape} ({what}, RGB bands {list(scdm.rgb_bands)} as given) in the "
+        f"training data's units"
         f"{f', {int(nodata.sum())} nodata pixels' if nodata.any() else ''}, and {png}{note}")
   return cube
 
