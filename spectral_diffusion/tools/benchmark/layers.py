@@ -18,7 +18,7 @@ def _kind(module, x):
     k = "x".join(map(str, module.kernel_size))
     stride = module.strides not in (None, 1, (1, 1))
     return f"conv {k}{' stride 2' if stride else ''}"
-  if isinstance(module, nn.GroupNorm):
+  if isinstance(module, (nn.GroupNorm, layers.GroupNorm)):
     return "GroupNorm"
   if isinstance(module, nn.Dense):
     return "dense (attention q/k/v/out)" if x.ndim == 4 else "dense (time embedding and projections)"
