@@ -53,7 +53,7 @@ def tiny_options(**kw):
   # Steps = probe steps = T: one compiled step per sampler; batch sizes = the call's batch: no recompiling.
   opts = dict(size=8, batch=2, batch_sizes=[2], repeats=1, ddim_steps=4, fast_steps=4, probe_steps=4,
               bf16_ddim_steps=4, max_sample_seconds=1e9, matmul_size=64, devices=1,
-              sections=["convs", "samplers", "throughput"], stages=[], workdir=None, memory=False,
+              sections=["convs", "layers", "samplers", "throughput"], stages=[], workdir=None, memory=False,
               solvers=list(cli.FAST_SOLVERS), loops=["python", "scan"])
   opts.update(kw)
   return opts
@@ -118,6 +118,13 @@ def test_benchmark_figures_are_consistent(tmp_path):
   assert c["flops"] == pytest.approx(s["conv_share_of_flops"] * f["flops"])
   assert c["seconds"] == pytest.approx(sum(r["calls"] * r["seconds"] for r in c["shapes"]))
   assert s["vs_convs_alone"] == pytest.approx(f["gflop_per_s"] / c["gflop_per_s"])
+  rows = {r["kind"]: r for r in s["layers"]}
+  # The same 15 convs by kind; GroupNorm: 2 per res block (1 encoder, 2 middle, 2 decoder), the middle
+  # attention block's and out_norm.
+  assert rows["conv 3x3"]["calls"] == 13 and rows["conv 1x1"]["calls"] == 2
+  assert rows["GroupNorm"]["calls"] == 12
+  assert sum(r["seconds"] for r in s["layers"]) == pytest.approx(f["seconds"])
+  assert sum(r["share"] for r in s["layers"]) == pytest.approx(1.0)
   sam = s["samplers"]
   assert [(r["sampler"], r["loop"], r["steps"]) for r in sam] == [
       (name, loop, 4) for name in ("ddpm", "ddim") + cli.FAST_SOLVERS for loop in ("python", "scan")]

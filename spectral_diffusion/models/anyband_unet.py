@@ -60,8 +60,8 @@ class AdaptiveModulation(nn.Module):
     beta = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="to_beta")(h)
     self.sow("intermediates", "gamma", gamma)
     self.sow("intermediates", "beta", beta)
-    norm = nn.GroupNorm(num_groups=self.num_groups, epsilon=layers.GROUPNORM_EPS, use_bias=False,
-                        use_scale=False, dtype=self.dtype, name="norm")(f)
+    norm = layers.GroupNorm(num_groups=self.num_groups, use_bias=False, use_scale=False, dtype=self.dtype,
+                            name="norm")(f)
     return gamma[:, None, None, :] * norm + beta[:, None, None, :]
 
 

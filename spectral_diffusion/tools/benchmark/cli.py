@@ -14,7 +14,7 @@ from spectral_diffusion.main import parse as cli_parse
 from spectral_diffusion.tools.benchmark.memory import config_args, memory_case, MEMORY_TAG
 from spectral_diffusion.tools.benchmark.report import format_report, jsonable, run, write_json
 
-SECTIONS = ("convs", "samplers", "guidance", "throughput", "bf16", "sharded")
+SECTIONS = ("convs", "layers", "samplers", "guidance", "throughput", "bf16", "sharded")
 FAST_SOLVERS = ("dpm_solver_pp", "dpm_solver_pp_3m", "sde_dpm_solver_pp", "unipc")
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from spectral_diffusion.errors import UserInputError
 from spectral_diffusion.tools.benchmark.attainable import conv_census, conv_probe, convs_alone
+from spectral_diffusion.tools.benchmark.layers import breakdown
 from spectral_diffusion.tools.benchmark.stages import build, method_of, random_params
 from spectral_diffusion.tools.benchmark.timing import log, measure, network_call, time_calls
 
@@ -52,6 +53,8 @@ def bench_stage(config, stage, opts, attainable):
     rec["convs_alone"] = c
     rec["vs_convs_alone"] = fwd["gflop_per_s"] / c["gflop_per_s"]
     rec["convs_alone_share_of_time"] = c["seconds"] / fwd["seconds"]
+  if "layers" in opts["sections"]:
+    rec["layers"] = breakdown(model, params, stage.example_args(batch, size), fwd["seconds"], reps)
   call_s = fwd["seconds"]
   loop = samplers._resolve_loop(config.sample.loop)  # the driver decides how warm-up must run
   rng = jax.random.key(7)

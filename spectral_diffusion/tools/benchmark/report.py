@@ -73,6 +73,11 @@ def format_report(res):
       lines.append(f"  convs alone    {len(c['shapes'])} shapes timed one by one: {c['seconds'] * 1e3:.1f} ms, "
                    f"{c['gflop_per_s']:.1f} GFLOP/s; the network reaches {100 * s['vs_convs_alone']:.0f} % of "
                    f"that rate, its convs alone take {100 * s['convs_alone_share_of_time']:.0f} % of its time")
+    if "layers" in s:
+      lines.append("  by layer kind  (calls x time alone; the rest is the call minus their sum)")
+      for r in s["layers"]:
+        calls = f"{r['calls']:4d} calls" if r["calls"] is not None else " " * 10
+        lines.append(f"    {r['kind']:58s} {calls} {r['seconds'] * 1e3:9.1f} ms {100 * r['share']:6.1f} %")
     for r in s.get("samplers", []):
       lines.append(f"  {r['sampler'] + '-' + str(r['steps']):22s} {r['seconds']:10.2f} s  "
                    f"{'estimated' if r['estimated'] else 'measured '}  overhead {r['overhead']:.3f}  "
