@@ -17,6 +17,8 @@ memory-minimising scheduler, CPU_MEMORY_SCHEDULER, without which remat saves not
 sampling network call, each in a fresh subprocess; --workdir adds bfloat16 vs float32 samples of a
 trained SCDM run on its real test split, and that split through pipelines.SCDM with sample.program=python
 (host driver) and =compiled (one program per tile batch): time and jitted calls per image.
+--sections=layers (not in the default set: it compiles each distinct layer call alone) splits the network
+call's time by layer kind (convolutions, GroupNorm, attention, dense, upsampling, the rest).
 
 Ratios are of figures measured in this run; absolute times hold for the machine printed at the top.
 A full sample that would take longer than --max_sample_seconds (counting its warm-up run) is not run:
