@@ -32,7 +32,7 @@ setup(
         "rasterio>=1.4",  # GeoTIFF input and output with georeferencing
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.24", "prosail>=2.0.5", "nbclient>=0.10", "ipykernel>=6"],
+        "test": ["pytest>=8", "scikit-image>=0.24", "prosail>=2.0.5", "nbclient>=0.10", "ipykernel>=6", "pytest-xdist>=3.6"],
         "notebooks": ["ipykernel>=6"],
         # Only to retrain the RTM emulator for a new wavelength grid; trained weights ship.
         "physics": ["prosail>=2.0.5"],
