@@ -7,7 +7,8 @@ Runs DDIM and DPM-Solver++(2M) (or any few-step samplers: --samplers, --spacings
 then ancestral DDPM over all T steps (the official recipe's sampler; --noddpm skips it): one sample of
 the whole test split per setting, every setting from the same rng (evaluate's first sample, so a setting
 equal to the config's matches the `scdm` row of eval/metrics.json) and with the config's ICMG and PDT.
-Scored by evaluate.score (normalised units, data_range 1, SAM in degrees).
+Scored by evaluate.score (normalised units, data_range 1, SAM in degrees), with the RGB input bands put
+back exactly as evaluate does for every method.
 Writes OUTPUT_DIR (default WORKDIR/steps_sweep)/
 {sweep.json, sweep.md, sweep.png}; the three files replace earlier ones only when the whole sweep is done
 (until then sweep.partial.json holds the rows so far).
@@ -19,6 +20,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 from spectral_diffusion import methods, samplers, sampling, training
 from spectral_diffusion.data import outputs
@@ -99,6 +101,7 @@ def run_sweep(config, workdir, plan, exp=None, partial_path=None):
     pred = cascade.run_cascade(bundles, schedule, test[..., rgb], jax.random.key(config.seed + 100),
                                sample_cfg, _Weighted(progress, n))[-1]
     seconds = time.perf_counter() - t0
+    pred = sampling.keep_observed(np.array(pred), test[..., rgb], rgb)  # RGB bands as given, as evaluate
     evals = network_evals(config, n)
     rows.append(dict(sampler=name, spacing=spacing, label=label(name, spacing), num_steps=n,
                      network_evals_per_tile=evals, cheaper_than_official=official / evals,
