@@ -99,6 +99,10 @@ class SampleSettings:
     """Sampler runs per image: sample.num_samples for the mean estimator, else 1 (progress bars)."""
     return self.num_samples if self.estimator == "mean" else 1
 
+  def estimator_label(self):
+    """What a run returns, in words (progress bars and messages)."""
+    return f"the mean of {self.num_samples} samples" if self.estimator == "mean" else "one sample"
+
   def compiled(self):
     """Whether images run as one compiled program per tile batch (program auto: on accelerators)."""
     if self.program == "auto":

@@ -112,10 +112,9 @@ def repair_file(config, workdir, input_path, output_path=None, input_key=None, m
   for path in (output_path, png):
     outputs.check_output(path, [input_path])
   settings = model.settings
-  what = f"the mean of {settings.num_samples} samples" if settings.estimator == "mean" else "one sample"
+  what = settings.estimator_label()
   progress = Progress(settings.num_draws() * model.num_tile_batches(*cube.shape[:2]),
                       f"repairing {int(n - mask.sum())} of {n} bands, {what}")
-  # One sample or the mean of several, as sample.estimator says.
   result = model.repair(cube, missing=mask == 0, rng=jax.random.key(config.seed), progress=progress)
   progress.close()
   del cube  # large scenes: hold as few full-size copies as possible

@@ -79,7 +79,7 @@ def sample_file(config, workdir, input_path, output_path=None, input_key=None, i
   for path in (output_path, png):
     outputs.check_output(path, [input_path])
   settings = scdm.settings
-  what = f"the mean of {settings.num_samples} samples" if settings.estimator == "mean" else "one sample"
+  what = settings.estimator_label()
   progress = Progress(settings.num_draws() * scdm.num_tile_batches(*rgb.shape[:2]), f"sampling {what}")
   cube = scdm.sample(rgb, jax.random.key(config.seed), progress=progress)  # sample.estimator
   progress.close()
