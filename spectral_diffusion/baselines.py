@@ -202,3 +202,22 @@ def conditional_mean(gaussian: BandGaussian, x_obs, mask, jitter=1e-3):
   z_hat = jnp.swapaxes(corr @ (w * mask[:, :, None]), 1, 2)          # (B, P, N)
   x_hat = z_hat.reshape(x_obs.shape) * std + mean
   return jnp.where(mask[:, None, None, :] > 0, x_obs, x_hat)
+
+
+def conditional_std(gaussian: BandGaussian, mask, jitter=1e-3):
+  """sd[x_b | observed bands] per sample and band (jax): mask (B, N) -> (B, N), in the data's units.
+
+  The diagonal of R_mm - R_mo (R_oo + jitter)^-1 R_om (times the band std) through the same decoupled
+  system as conditional_mean; floored at sqrt(jitter) band stds, the noise level that jitter assumes, which
+  is also what observed bands get (their regression error is 0, but a scale of 0 cannot be divided by).
+  """
+  import jax.numpy as jnp
+
+  n = mask.shape[-1]
+  std, corr = jnp.asarray(gaussian.std), jnp.asarray(gaussian.corr)
+  d = mask[:, :, None] * mask[:, None, :]
+  a = corr * d + jnp.eye(n) * (1.0 - mask + jitter * mask)[:, None, :]
+  w = jnp.linalg.solve(a, mask[:, :, None] * corr)                  # (B, N, N): rows o = (R_oo+j)^-1 R_o:
+  explained = jnp.einsum("mk,bk,bkm->bm", corr, mask, w)
+  var = jnp.where(mask > 0, jitter, jnp.maximum(jnp.diagonal(corr) - explained, jitter))
+  return jnp.sqrt(var) * std

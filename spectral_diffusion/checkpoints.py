@@ -121,6 +121,10 @@ def config_dict(config):
   return json.loads(json.dumps(config.to_dict(), default=str))
 
 
+# Settings added after checkpoints were first written, with the value older checkpoints were trained with.
+ADDED_SETTINGS = {"diffusion": {"residual_scale": "global"}}
+
+
 def model_settings(config):
   """The settings a checkpoint must share with the config that loads it, as JSON gives them back."""
   return json.loads(json.dumps({"model": config.model.to_dict(), "diffusion": config.diffusion.to_dict()}))
@@ -134,7 +138,9 @@ def check_metadata(meta, expected, directory):
           f"checkpoint in {directory} was trained with {key}={meta.get(key)}, this config gives "
           f"{expected[key]}; use the matching config or a fresh --workdir")
   for section in ("model", "diffusion"):
-    if meta.get(section) != expected[section]:
-      diff = sorted(k for k in expected[section] if meta.get(section, {}).get(k) != expected[section][k])
+    # checkpoints older than a setting were trained as its default value
+    saved = {**ADDED_SETTINGS.get(section, {}), **meta.get(section, {})}
+    if saved != expected[section]:
+      diff = sorted(k for k in expected[section] if saved.get(k) != expected[section][k])
       raise UserInputError(f"checkpoint in {directory} was trained with different {section} settings "
                            f"({', '.join(diff)}); use the matching config or a fresh --workdir")

@@ -2,9 +2,9 @@
 over the regression prior, loading a trained model, and physics-guided repair of tiles.
 
 What is observed is a band mask M (1 = observed) and the observed values; the network diffuses
-target_scale * (x - reference), the reference being the Gaussian band regression from the observed
-bands (`diffusion.prior = "ridge"`) or 0.5; sampling is DDIM or DPM-Solver++ with physics-guided eps
-(PGS) and observed bands kept as given. A workdir holds anyband/ (the model), anyband_no_dsm/ and
+scale * (x - reference), the reference being the Gaussian band regression from the observed bands
+(`diffusion.prior = "ridge"`) or 0.5, the scale global or per band (`diffusion.residual_scale`);
+sampling is DDIM or DPM-Solver++ with physics-guided eps (PGS) and observed bands kept as given. A workdir holds anyband/ (the model), anyband_no_dsm/ and
 anyband_no_mspl/ (ablations) and eval/.
 """
 import dataclasses
@@ -23,6 +23,7 @@ from spectral_diffusion.errors import UserInputError
 
 VARIANTS = ("anyband", "no_dsm", "no_mspl")  # the model and its two training ablations
 PRIORS = ("none", "ridge")
+RESIDUAL_SCALES = ("global", "conditional")
 
 
 @dataclasses.dataclass
@@ -80,31 +81,51 @@ def make_physics(config, wavelengths_nm, normaliser, need_emulator):
                  emulator, tuple(float(w) for w in wavelengths_nm))
 
 
+class Frame(flax.struct.PyTreeNode):
+  """Where one batch's model space sits: x = y / scale + mean. mean (B, H, W, N) is the reference (it
+  holds X_obs at the observed bands); scale (B, 1, 1, N) is target_scale, divided per band by the
+  regression's conditional std when ModelSpace.per_band_scale."""
+  mean: jax.Array
+  scale: jax.Array
+
+
 class ModelSpace(flax.struct.PyTreeNode):
-  """Normalised cube <-> what the network diffuses: target_scale * (x - reference), where the reference
-  is the Gaussian regression from the observed bands (prior "ridge") or 0.5 (prior "none")."""
+  """Normalised cube <-> what the network diffuses: scale * (x - reference), where the reference is the
+  Gaussian regression from the observed bands (prior "ridge") or 0.5 (prior "none"), and the scale is
+  target_scale, per band divided by the regression's conditional std for this mask when per_band_scale
+  (diffusion.residual_scale = "conditional"): each missing band's residual then has about unit variance,
+  so noise and loss are sized to what the regression leaves unexplained in that band, not to the
+  hardest mask's residual."""
   gaussian: baselines.BandGaussian
   target_scale: float
   use_prior: bool = flax.struct.field(pytree_node=False, default=True)
+  per_band_scale: bool = flax.struct.field(pytree_node=False, default=False)
 
   def reference(self, x_obs, mask):
-    if not self.use_prior:
-      return jnp.full(x_obs.shape, 0.5, x_obs.dtype)
-    return baselines.conditional_mean(self.gaussian, x_obs, mask)
+    """The Frame for observed values x_obs (B, H, W, N) and band mask (B, N), 1 = observed."""
+    b, n = mask.shape
+    if self.use_prior:
+      mean = baselines.conditional_mean(self.gaussian, x_obs, mask)
+    else:
+      mean = jnp.full(x_obs.shape, 0.5, x_obs.dtype)
+    scale = jnp.full((b, n), self.target_scale, jnp.float32)
+    if self.per_band_scale:
+      scale = scale / baselines.conditional_std(self.gaussian, mask)
+    return Frame(mean, scale[:, None, None, :])
 
-  def condition(self, x_obs, mask, reference):
+  def condition(self, x_obs, mask, frame):
     """What the network sees besides x_t and M, mapped to about [-1, 1]: C = X_obs * M, or, with the
     prior, the reference itself, which holds X_obs at the observed bands and the regression elsewhere
     (so it carries C, and C is reference * M)."""
     if self.use_prior:
-      return 2.0 * reference - 1.0
+      return 2.0 * frame.mean - 1.0
     return (2.0 * x_obs - 1.0) * mask[:, None, None, :]
 
-  def to_model(self, x, reference):
-    return self.target_scale * (x - reference)
+  def to_model(self, x, frame):
+    return frame.scale * (x - frame.mean)
 
-  def from_model(self, y, reference):
-    return y / self.target_scale + reference
+  def from_model(self, y, frame):
+    return y / frame.scale + frame.mean
 
 
 def _one(value):
@@ -120,6 +141,12 @@ def check_config(config):
   prior = _one(config.diffusion.prior)
   if prior not in PRIORS:
     raise UserInputError(f"anyband takes diffusion.prior none or ridge, not {prior!r}")
+  if config.diffusion.residual_scale not in RESIDUAL_SCALES:
+    raise UserInputError(f"unknown diffusion.residual_scale {config.diffusion.residual_scale!r}: use "
+                         f"{' or '.join(RESIDUAL_SCALES)}")
+  if config.diffusion.residual_scale == "conditional" and prior != "ridge":
+    raise UserInputError("diffusion.residual_scale=conditional needs diffusion.prior=ridge (it scales by "
+                         "the regression's conditional std)")
   if config.data.normalise != "minmax":  # sensor simulation commutes only with one global affine map
     raise UserInputError("anyband needs data.normalise=minmax (one global scale keeps sensor "
                          "simulation valid in normalised units)")
@@ -174,7 +201,8 @@ def bundle_from_checkpoint(params, meta, prior):
   model = models.build_model(ml_collections.ConfigDict(meta["model"]), meta["num_bands"])
   gaussian = baselines.BandGaussian(*(jnp.asarray(meta["gaussian"][k], jnp.float32)
                                       for k in baselines.BandGaussian._fields))
-  space = ModelSpace(gaussian, meta["target_scale"], prior == "ridge")
+  residual_scale = meta["diffusion"].get("residual_scale", "global")
+  space = ModelSpace(gaussian, meta["target_scale"], prior == "ridge", residual_scale == "conditional")
   return Bundle(model, params, space, meta["diffusion"]["parameterisation"], meta)
 
 
@@ -199,9 +227,9 @@ class GuidanceLoss:
   valid_range: tuple
   index_bands: tuple                # (red, green, nir) grid indices
 
-  def __call__(self, phys, space, reference, x_obs, mask, y0_hat):
+  def __call__(self, phys, space, frame, x_obs, mask, y0_hat):
     w_idx, w_range, w_rtm = self.weights
-    x0 = space.from_model(y0_hat, reference)
+    x0 = space.from_model(y0_hat, frame)
     refl = phys.reflectance(x0)
     b = x0.shape[0]
     total = jnp.zeros(b)
@@ -239,12 +267,12 @@ class PhysicsGuided:
 
 
 def _guided_eps(bundle, params, schedule, x_obs, m, config, phys, pgs):
-  """(eps_fn, reference) for normalised observed tiles x_obs (n, h, w, N) and band masks m (n, N): the
+  """(eps_fn, frame) for normalised observed tiles x_obs (n, h, w, N) and band masks m (n, N): the
   model's eps, with physics guidance when pgs and physics.guidance_scale say so."""
   space = bundle.space
-  ref = space.reference(x_obs, m)
+  frame = space.reference(x_obs, m)
   eps_fn = jax.tree_util.Partial(Denoiser(bundle.model, bundle.parameterisation), params,
-                                 space.condition(x_obs, m, ref), m, schedule)
+                                 space.condition(x_obs, m, frame), m, schedule)
   scale = float(config.physics.guidance_scale) if pgs else 0.0
   if scale:
     wl = np.asarray(phys.wavelengths_nm)
@@ -252,9 +280,9 @@ def _guided_eps(bundle, params, schedule, x_obs, m, config, phys, pgs):
     loss = GuidanceLoss(tuple(float(w) for w in config.physics.guidance_terms),
                         tuple(float(v) for v in config.physics.valid_range), bands)
     eps_fn = jax.tree_util.Partial(PhysicsGuided(config.physics.guidance_gradient), eps_fn,
-                                   jax.tree_util.Partial(loss, phys, space, ref, x_obs, m), schedule,
+                                   jax.tree_util.Partial(loss, phys, space, frame, x_obs, m), schedule,
                                    jnp.float32(scale))
-  return eps_fn, ref
+  return eps_fn, frame
 
 
 def _check_sampler(settings):
@@ -271,9 +299,9 @@ def repair_tiles(bundle, schedule, x_obs, mask, rng, config, phys, pgs, num_step
   n = x_obs.shape[0]
   m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (n, mask.shape[-1]))
   params, x_obs, m = sharding.shard_for_sampling(bundle.params, jnp.asarray(x_obs, jnp.float32), m)
-  eps_fn, ref = _guided_eps(bundle, params, schedule, x_obs, m, config, phys, pgs)
+  eps_fn, frame = _guided_eps(bundle, params, schedule, x_obs, m, config, phys, pgs)
   y0 = sampling.run_sampler(settings, eps_fn, schedule, x_obs.shape, rng, num_steps=num_steps)
-  return np.asarray(bundle.space.from_model(y0, ref))
+  return np.asarray(bundle.space.from_model(y0, frame))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -298,10 +326,10 @@ class RepairProgram:
     m = jnp.broadcast_to(jnp.asarray(observed, jnp.float32), (tiles.shape[0], tiles.shape[-1]))
     seen = m[:, None, None, :] > 0
     x_obs = jnp.where(seen, self.normaliser.forward(jnp.where(seen, tiles, 0.0)), 0.0)
-    eps_fn, ref = _guided_eps(self.bundle, params, self.schedule, x_obs, m, self.config, self.phys, self.pgs)
+    eps_fn, frame = _guided_eps(self.bundle, params, self.schedule, x_obs, m, self.config, self.phys, self.pgs)
     y0 = sampling.run_sampler(settings, eps_fn, self.schedule, x_obs.shape, rng,
                               num_steps=self.num_steps or None, loop="scan")
-    out = self.normaliser.inverse(self.bundle.space.from_model(y0, ref)).astype(jnp.float32)
+    out = self.normaliser.inverse(self.bundle.space.from_model(y0, frame)).astype(jnp.float32)
     return jnp.where(seen, tiles, out) if self.keep_observed else out
 
 

@@ -49,21 +49,24 @@ def make_train_step(model, schedule, optimizer, config, variant, space, bank, ph
                                                  tuple(config.masking.p_drop))
     else:
       x_obs, mask = masking.uniform_drop_mask(r_mask, x0, config.masking.p_drop_fixed)
-    ref = space.reference(x_obs, mask)
-    cond = space.condition(x_obs, mask, ref)
-    y0 = space.to_model(x0, ref)
+    frame = space.reference(x_obs, mask)
+    cond = space.condition(x_obs, mask, frame)
+    y0 = space.to_model(x0, frame)
     t = jax.random.randint(r_t, (b,), 0, T)
     eps = jax.random.normal(r_noise, y0.shape, y0.dtype)
     y_t = schedules.q_sample(schedule, y0, t, eps)
 
     def loss_fn(params):
       out = model.apply({"params": params}, y_t, t, cond, mask, train=True, rngs={"dropout": r_drop})
-      per_sample = losses.diffusion_loss(schedule, dc.parameterisation, dc.loss, dc.sam_weight, y0, y_t, t,
-                                         eps, out, space.target_scale * ref)
+      # SAM is taken on the data-space cube: a per-band model space changes spectral angles
+      per_sample = losses.diffusion_loss(schedule, dc.parameterisation, dc.loss, 0.0, y0, y_t, t, eps, out,
+                                         None)
+      if dc.sam_weight or mspl_weight:
+        x0_hat = space.from_model(losses.to_eps_and_x0(schedule, dc.parameterisation, y_t, t, out)[1], frame)
+      if dc.sam_weight:
+        per_sample += dc.sam_weight * losses.sam_loss(x0_hat, x0)
       if mspl_weight:
-        _, y0_hat = losses.to_eps_and_x0(schedule, dc.parameterisation, y_t, t, out)
-        per_sample += mspl_weight * mspl(phys, terms, config.physics.kde_bandwidth, corr_prior,
-                                         space.from_model(y0_hat, ref), x0)
+        per_sample += mspl_weight * mspl(phys, terms, config.physics.kde_bandwidth, corr_prior, x0_hat, x0)
       return per_sample.mean(), per_sample
 
     return training.apply_gradients(state, loss_fn, optimizer, tc, t, T)
@@ -79,18 +82,25 @@ def correlation_prior(train_cube, crop_size, seed, num_crops=256):
 
 
 def fit_model_space(config, d, bank, prior):
-  """The model space; target_scale 0 = auto: unit std of the residual under DSM on training crops."""
+  """The model space; target_scale 0 = auto: unit std of the residual under DSM on training crops (with
+  a per-band scale, unit RMS of the scaled residual over the missing bands)."""
   gaussian = baselines.BandGaussian(*(jnp.asarray(a) for a in d.gaussian))
+  per_band = config.diffusion.residual_scale == "conditional"
   scale = float(config.diffusion.target_scale)
   if scale:
-    return ModelSpace(gaussian, scale, prior == "ridge")
-  space = ModelSpace(gaussian, 1.0, prior == "ridge")
+    return ModelSpace(gaussian, scale, prior == "ridge", per_band)
+  space = ModelSpace(gaussian, 1.0, prior == "ridge", per_band)
   crops = jnp.asarray(data.random_crops(d.train, np.random.default_rng([config.seed, 8]), 64,
                                         config.data.crop_size, False))
   x_obs, mask = masking.dual_stochastic_mask(jax.random.key(config.seed), crops, bank,
                                              config.masking.p_full_grid, tuple(config.masking.p_drop))
   resid = space.to_model(crops, space.reference(x_obs, mask))
-  return ModelSpace(gaussian, float(1.0 / max(float(jnp.std(resid)), 1e-6)), prior == "ridge")
+  if per_band:
+    missing = jnp.broadcast_to(mask[:, None, None, :] == 0, resid.shape)
+    spread = jnp.sqrt(jnp.sum(jnp.where(missing, jnp.square(resid), 0.0)) / jnp.maximum(jnp.sum(missing), 1))
+  else:
+    spread = jnp.std(resid)
+  return ModelSpace(gaussian, float(1.0 / max(float(spread), 1e-6)), prior == "ridge", per_band)
 
 
 def metadata(config, d, space, variant):

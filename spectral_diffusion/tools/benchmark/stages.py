@@ -159,7 +159,8 @@ class AnyBandStage(BenchStage):
     normaliser = data.MinMax(0.0, 1.0 / float(config.data.reflectance_scale))
     gaussian = baselines.BandGaussian(*(jnp.asarray(a) for a in baselines.fit_band_gaussian(cube)))
     prior = anyband.check_config(config)
-    space = anyband.ModelSpace(gaussian, float(config.diffusion.target_scale) or 1.0, prior == "ridge")
+    space = anyband.ModelSpace(gaussian, float(config.diffusion.target_scale) or 1.0, prior == "ridge",
+                               config.diffusion.residual_scale == "conditional")
     bundle = anyband.Bundle(model, params, space, config.diffusion.parameterisation, {})
     phys = anyband.make_physics(config, wl, normaliser, anyband.needs_emulator(config))
     x_obs = np.asarray((inputs["cond"] + 1.0) / 2.0)
