@@ -63,8 +63,8 @@ def get_config(method="scdm"):
   c.diffusion.prior = ("none",)      # none | ridge | ridge_poly2 (one, or one per stage): diffuse the
                                      # residual over a ridge regression from the stage's input bands
   c.diffusion.target_scale = 2.0     # model space x0 = target_scale * (y - reference); 0 = auto (unit std)
-  c.diffusion.residual_scale = "global"  # anyband: global (one target_scale) | conditional (per band,
-                                     # over the regression's conditional std for each mask)
+  c.diffusion.residual_scale = "global"  # global: one target_scale | per_band: each band's residual over
+                                     # the prior divided by the prior's error std in that band (needs a prior)
 
   c.train = ml_collections.ConfigDict()
   c.train.stages = ()                # which stages to train (0-based); () = all

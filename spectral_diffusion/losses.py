@@ -30,14 +30,17 @@ def sam_loss(pred, target, eps=1e-8):
   return 1.0 - jnp.mean(cos.reshape(cos.shape[0], -1), axis=-1)
 
 
-def diffusion_loss(schedule, parameterisation, kind, sam_weight, x0, x_t, t, eps, out, offset):
-  """Per-sample loss. `offset` shifts model-space x0 back to the data's origin, where SAM is defined."""
+def diffusion_loss(schedule, parameterisation, kind, sam_weight, x0, x_t, t, eps, out, offset, band_scale=None):
+  """Per-sample loss. SAM is taken on data-space spectra: model-space x0 + `offset` (a global scale does not
+  change angles), or x0 / band_scale + offset with a per-band scale (offset is then the reference)."""
   target = regression_target(schedule, parameterisation, x0, eps, t)
   err = out - target
   per_elem = jnp.abs(err) if kind == "l1" else jnp.square(err)
   loss = jnp.mean(per_elem.reshape(per_elem.shape[0], -1), axis=-1)
   if sam_weight:
     _, x0_hat = to_eps_and_x0(schedule, parameterisation, x_t, t, out)
+    if band_scale is not None:
+      x0_hat, x0 = x0_hat / band_scale, x0 / band_scale
     loss = loss + sam_weight * sam_loss(x0_hat + offset, x0 + offset)
   return loss
 

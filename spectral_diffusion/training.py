@@ -70,12 +70,18 @@ def state_initializer(model, optimizer, example_args):
   return init
 
 
+RESIDUAL_SCALES = ("global", "per_band")
+
+
 def check_diffusion_settings(diffusion_cfg):
   if diffusion_cfg.parameterisation not in losses.PARAMETERISATIONS:
     raise UserInputError(f"unknown diffusion.parameterisation {diffusion_cfg.parameterisation!r}: "
                          f"use eps, x0 or v")
   if diffusion_cfg.loss not in ("mse", "l1"):
     raise UserInputError(f"unknown diffusion.loss {diffusion_cfg.loss!r}: use mse or l1")
+  if diffusion_cfg.get("residual_scale", "global") not in RESIDUAL_SCALES:  # absent in older configs
+    raise UserInputError(f"unknown diffusion.residual_scale {diffusion_cfg.residual_scale!r}: use "
+                         f"{' or '.join(RESIDUAL_SCALES)}")
 
 
 def apply_gradients(state, loss_fn, optimizer, train_cfg, t, num_timesteps):

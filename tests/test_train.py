@@ -8,9 +8,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import scdm_dfc2018, scdm_pavia_center
-from spectral_diffusion import models, training
+from spectral_diffusion import losses, models, training
 from spectral_diffusion.scdm import cascade, evaluate, experiment, train
-from spectral_diffusion.errors import TrainingDiverged
+from spectral_diffusion.errors import TrainingDiverged, UserInputError
 from conftest import indian_pines, tiny_config
 
 
@@ -20,7 +20,7 @@ def test_train_evaluate_end_to_end(trained):
   assert {r["stage"] for r in records} == {0, 1}
   assert all(np.isfinite(r["loss"]) and r["steps_per_s"] > 0 for r in records)
   results = json.load(open(workdir / "eval" / "metrics.json"))
-  for method in ("scdm", "scdm_mean", "ridge", "ridge_poly2", "interp", "scdm_stage1", "scdm_stage2",
+  for method in ("scdm", "scdm_mean", "scdm_one_step", "ridge", "ridge_poly2", "interp", "scdm_stage1", "scdm_stage2",
                  "scdm_stage2_from_truth"):
     assert set(results[method]) >= {"rmse", "sam", "mpsnr", "mssim", "ergas", "w1", "local_var_ratio"}
     assert all(np.isfinite(v) for v in results[method].values())
@@ -34,26 +34,30 @@ def test_train_evaluate_end_to_end(trained):
 
 def test_evaluator_rows_per_estimator_and_exact_rgb_bands(trained, monkeypatch):
   """With the cascade replaced by a stand-in (draw i fills every band with i): scdm is the first draw,
-  scdm_mean the mean of sample.num_samples draws, and every method, baselines too, holds the test RGB
+  scdm_mean the mean of sample.num_samples draws, scdm_one_step the mean of as many one-step draws, and every method, baselines too, holds the test RGB
   bands exactly; the stage rows stay as sampled."""
   config, workdir = trained
   exp = experiment.load_experiment(config)
   calls = []
 
   def stand_in(stages, schedule, inputs, rng, settings, progress=None):
-    calls.append(len(stages))
+    calls.append((len(stages), settings.num_steps))
     value = float(len(calls) - 1)
     return [np.full(inputs.shape[:-1] + (len(s.stage.out_bands),), value, np.float32) for s in stages]
 
   monkeypatch.setattr(cascade, "run_cascade", stand_in)
   preds, stage_preds = evaluate.predictions(config, str(workdir), exp)
-  assert config.sample.num_samples == 2 and calls == [2, 2, 1]   # two draws, then stage 2 from the truth
+  steps = config.sample.num_steps
+  # two draws, two one-step draws, then stage 2 from the truth
+  assert config.sample.num_samples == 2 and steps > 1
+  assert calls == [(2, steps), (2, steps), (2, 1), (2, 1), (1, steps)]
   rgb = list(exp.rgb_bands)
   inferred = np.setdiff1d(np.arange(exp.num_bands), rgb)
-  assert set(preds) == {"scdm", "scdm_mean", "ridge", "ridge_poly2", "interp"}
+  assert set(preds) == {"scdm", "scdm_mean", "scdm_one_step", "ridge", "ridge_poly2", "interp"}
   for name, pred in preds.items():
     np.testing.assert_array_equal(pred[..., rgb], exp.test[..., rgb], err_msg=name)
   assert (preds["scdm"][..., inferred] == 0.0).all() and (preds["scdm_mean"][..., inferred] == 0.5).all()
+  assert (preds["scdm_one_step"][..., inferred] == 2.5).all()
   assert (stage_preds["scdm_stage2"][0] == 0.0).all()
   scores = evaluate.score(preds["scdm_mean"], exp.test, inferred, 1.0)
   assert scores["local_var_ratio"] == 0.0 and scores["w1"] > 0.01   # flat: no texture, wrong histogram
@@ -162,3 +166,35 @@ def test_pavia_center_paper_config_traces_its_training_step(tmp_path):
   assert batch["x0"].shape == (1, 64, 64, 102)
   assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(lambda a: (a.shape, a.dtype), state)
   assert metrics["loss"].shape == () and metrics["loss"].dtype == np.float32
+
+
+def test_per_band_residual_scale_unit_std_per_band_and_data_space_sam(crop_file):
+  # diffusion.residual_scale=per_band: each band's residual over the prior has unit std on the training
+  # split, the stored scale comes back from the checkpoint, and the SAM term is the data-space angle.
+  config = tiny_config(crop_file)
+  config.diffusion.residual_scale = "per_band"
+  exp = experiment.load_experiment(config)
+  stage = exp.stages[1]
+  space = experiment.fit_stage_space(config, stage, exp.train)
+  cond = exp.train[..., list(stage.in_bands)]
+  resid = space.to_model(exp.train[..., list(stage.out_bands)], space.reference(cond))
+  band_std = resid.reshape(-1, len(stage.out_bands)).std(0)
+  floored = band_std < 0.99       # the floor: 1 % of the all-band std (the stage's input bands, ~exact)
+  np.testing.assert_allclose(band_std[~floored], 1.0, rtol=1e-3)
+  assert set(np.flatnonzero(floored)) <= {stage.out_bands.index(b) for b in stage.in_bands}
+  batch = train.make_batch(train.stage_training_cube(exp.train, stage, space), stage, space, config.train,
+                           config.data, config.seed, 0)
+  data_x0 = batch["x0"] / space.target_scale + batch["offset"]        # the true bands of the crops
+  rng = np.random.default_rng(0)
+  out = batch["x0"] + 0.3 * rng.standard_normal(batch["x0"].shape).astype(np.float32)  # an x0 prediction
+  schedule = training.make_schedule(config.diffusion)
+  t = np.zeros(len(out), np.int32)
+  with_sam, without = (losses.diffusion_loss(schedule, "x0", "mse", w, batch["x0"], batch["x0"], t, out, out,
+                                             batch["offset"], space.target_scale) for w in (1.0, 0.0))
+  expected = losses.sam_loss(out / space.target_scale + batch["offset"], data_x0)
+  np.testing.assert_allclose(np.asarray(with_sam - without), np.asarray(expected), rtol=1e-5, atol=1e-7)
+  meta = json.loads(json.dumps(train.stage_metadata(config, exp, stage, space)))   # as checkpoints store it
+  np.testing.assert_array_equal(cascade.stage_bundle({}, meta).space.target_scale, space.target_scale)
+  config.diffusion.prior = ("ridge_poly2", "none")
+  with pytest.raises(UserInputError, match="per_band needs a regression prior"):
+    experiment.fit_stage_space(config, stage, exp.train)

@@ -23,7 +23,6 @@ from spectral_diffusion.errors import UserInputError
 
 VARIANTS = ("anyband", "no_dsm", "no_mspl")  # the model and its two training ablations
 PRIORS = ("none", "ridge")
-RESIDUAL_SCALES = ("global", "conditional")
 
 
 @dataclasses.dataclass
@@ -93,7 +92,7 @@ class ModelSpace(flax.struct.PyTreeNode):
   """Normalised cube <-> what the network diffuses: scale * (x - reference), where the reference is the
   Gaussian regression from the observed bands (prior "ridge") or 0.5 (prior "none"), and the scale is
   target_scale, per band divided by the regression's conditional std for this mask when per_band_scale
-  (diffusion.residual_scale = "conditional"): each missing band's residual then has about unit variance,
+  (diffusion.residual_scale = "per_band"): each missing band's residual then has about unit variance,
   so noise and loss are sized to what the regression leaves unexplained in that band, not to the
   hardest mask's residual."""
   gaussian: baselines.BandGaussian
@@ -141,11 +140,8 @@ def check_config(config):
   prior = _one(config.diffusion.prior)
   if prior not in PRIORS:
     raise UserInputError(f"anyband takes diffusion.prior none or ridge, not {prior!r}")
-  if config.diffusion.residual_scale not in RESIDUAL_SCALES:
-    raise UserInputError(f"unknown diffusion.residual_scale {config.diffusion.residual_scale!r}: use "
-                         f"{' or '.join(RESIDUAL_SCALES)}")
-  if config.diffusion.residual_scale == "conditional" and prior != "ridge":
-    raise UserInputError("diffusion.residual_scale=conditional needs diffusion.prior=ridge (it scales by "
+  if config.diffusion.get("residual_scale") == "per_band" and prior != "ridge":
+    raise UserInputError("diffusion.residual_scale=per_band needs diffusion.prior=ridge (it scales by "
                          "the regression's conditional std)")
   if config.data.normalise != "minmax":  # sensor simulation commutes only with one global affine map
     raise UserInputError("anyband needs data.normalise=minmax (one global scale keeps sensor "
@@ -202,7 +198,7 @@ def bundle_from_checkpoint(params, meta, prior):
   gaussian = baselines.BandGaussian(*(jnp.asarray(meta["gaussian"][k], jnp.float32)
                                       for k in baselines.BandGaussian._fields))
   residual_scale = meta["diffusion"].get("residual_scale", "global")
-  space = ModelSpace(gaussian, meta["target_scale"], prior == "ridge", residual_scale == "conditional")
+  space = ModelSpace(gaussian, meta["target_scale"], prior == "ridge", residual_scale == "per_band")
   return Bundle(model, params, space, meta["diffusion"]["parameterisation"], meta)
 
 

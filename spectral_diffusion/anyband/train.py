@@ -85,7 +85,7 @@ def fit_model_space(config, d, bank, prior):
   """The model space; target_scale 0 = auto: unit std of the residual under DSM on training crops (with
   a per-band scale, unit RMS of the scaled residual over the missing bands)."""
   gaussian = baselines.BandGaussian(*(jnp.asarray(a) for a in d.gaussian))
-  per_band = config.diffusion.residual_scale == "conditional"
+  per_band = config.diffusion.residual_scale == "per_band"
   scale = float(config.diffusion.target_scale)
   if scale:
     return ModelSpace(gaussian, scale, prior == "ridge", per_band)

@@ -63,7 +63,7 @@ class StageSpace:
   """Maps normalised band values to one stage's model space and back: numpy on host arrays, JAX (float32,
   traceable) on JAX arrays, so one definition serves the host driver and the compiled cascade."""
   out_dim: int
-  target_scale: float
+  target_scale: object             # a float, or (out_dim,) float32 per band (diffusion.residual_scale)
   prior: Optional[object] = None   # baselines.RidgeModel when the stage diffuses a residual
 
   def reference(self, cond):
@@ -244,7 +244,9 @@ def stage_bundle(params, meta):
   if meta["prior"] is not None:
     prior = baselines.RidgeModel(**{k: (np.asarray(v) if isinstance(v, list) else v)
                                     for k, v in meta["prior"].items()})
-  space = StageSpace(len(stage.out_bands), meta["target_scale"], prior)
+  scale = meta["target_scale"]
+  space = StageSpace(len(stage.out_bands), np.asarray(scale, np.float32) if isinstance(scale, list) else scale,
+                     prior)
   model = models.build_model(ml_collections.ConfigDict(meta["model"]), len(stage.out_bands))
   return StageBundle(stage, space, model, params, meta["diffusion"]["parameterisation"])
 

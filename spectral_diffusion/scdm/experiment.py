@@ -1,6 +1,8 @@
 """The SCDM experiment from a config: the split data, the cascade plan and each stage's model space."""
 import dataclasses
 
+import numpy as np
+
 from spectral_diffusion import baselines, data
 from spectral_diffusion.data import splits
 from spectral_diffusion.errors import UserInputError
@@ -57,9 +59,18 @@ def fit_stage_space(config, stage, train):
   elif kind != "none":
     raise UserInputError(f"unknown diffusion.prior {kind!r}: use none, ridge or ridge_poly2")
   scale = float(config.diffusion.target_scale)
-  if scale == 0:  # auto: unit standard deviation of the diffused target on the training split
+  per_band = config.diffusion.residual_scale == "per_band"
+  if per_band and prior is None:
+    raise UserInputError("diffusion.residual_scale=per_band needs a regression prior (diffusion.prior "
+                         "ridge or ridge_poly2): it divides each band by the prior's error std")
+  if scale == 0 or per_band:  # auto: unit standard deviation of the diffused target on the training split
     space = cascade.StageSpace(out_dim, 1.0, prior)
     cond = train[..., list(stage.in_bands)]
     resid = space.to_model(train[..., list(stage.out_bands)], space.reference(cond))
+    if per_band:  # target_scale (1 when auto) over each band's residual std: unit std per band when auto
+      # Floored at 1 % of the all-band std: a band the prior reproduces exactly (a stage input band that
+      # is also an output) would otherwise be scaled by ~1e6.
+      band_std = np.maximum(resid.reshape(-1, out_dim).std(0), 0.01 * max(resid.std(), 1e-6))
+      return cascade.StageSpace(out_dim, ((scale or 1.0) / band_std).astype(np.float32), prior)
     scale = float(1.0 / max(resid.std(), 1e-6))
   return cascade.StageSpace(out_dim, scale, prior)

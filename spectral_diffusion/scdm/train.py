@@ -15,9 +15,10 @@ def scdm_example_args(out_bands, crop_size, cond_bands):
           jnp.zeros((1, crop_size, crop_size, cond_bands), jnp.float32))
 
 
-def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg):
+def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg, band_scale=None):
   """Pure (state, batch, rng) -> (state, metrics). The update is skipped when loss or grads are not
-  finite, so the state handed back is always the last good one."""
+  finite, so the state handed back is always the last good one. band_scale: the model space's per-band
+  scale (diffusion.residual_scale=per_band), which batch["offset"] then does not include."""
   training.check_diffusion_settings(diffusion_cfg)
   param = diffusion_cfg.parameterisation
   T = schedule.num_timesteps
@@ -36,7 +37,7 @@ def make_train_step(model, schedule, optimizer, diffusion_cfg, train_cfg):
     def loss_fn(params):
       out = model.apply({"params": params}, x_t, t, cond, train=True, rngs={"dropout": r_drop})
       per_sample = losses.diffusion_loss(schedule, param, diffusion_cfg.loss, diffusion_cfg.sam_weight,
-                                         x0, x_t, t, eps, out, offset)
+                                         x0, x_t, t, eps, out, offset, band_scale)
       return per_sample.mean(), per_sample
 
     return training.apply_gradients(state, loss_fn, optimizer, train_cfg, t, T)
@@ -59,7 +60,7 @@ def make_batch(stage_cube, stage, space, train_cfg, data_cfg, seed, step):
   cond, y, ref = crops[..., :n_in], crops[..., n_in:n_in + n_out], crops[..., n_in + n_out:]
   return {"x0": space.to_model(y, ref),
           "cond": space.network_condition(cond, ref),
-          "offset": (space.target_scale * ref).astype(np.float32)}
+          "offset": (ref if np.ndim(space.target_scale) else space.target_scale * ref).astype(np.float32)}
 
 
 def stage_metadata(config, exp, stage, space):
@@ -73,7 +74,7 @@ def stage_metadata(config, exp, stage, space):
       "rgb_bands": list(exp.rgb_bands),
       "in_bands": list(stage.in_bands), "out_bands": list(stage.out_bands),
       "cond_bands": space.condition_bands(len(stage.in_bands)),
-      "target_scale": space.target_scale, "prior": prior,
+      "target_scale": np.asarray(space.target_scale).tolist(), "prior": prior,
       "normaliser": exp.normaliser.to_dict(),
       "value_range": values.value_range(exp.normaliser, exp.train),  # input checks at sample time
       "wavelengths_nm": None if exp.wavelengths_nm is None else [float(w) for w in exp.wavelengths_nm],
@@ -92,7 +93,7 @@ def train_stage(config, workdir, exp, stage, mesh=None):
   init = training.state_initializer(model, optimizer,
                                     scdm_example_args(len(stage.out_bands), config.data.crop_size, cond_bands))
   step_fn = make_train_step(model, training.make_schedule(config.diffusion), optimizer, config.diffusion,
-                            config.train)
+                            config.train, space.target_scale if np.ndim(space.target_scale) else None)
   stage_cube = stage_training_cube(exp.train, stage, space)
   return training.fit(config, cascade.stage_dir(workdir, stage.index), init, step_fn,
                       lambda step: make_batch(stage_cube, stage, space, config.train, config.data, config.seed,

@@ -160,7 +160,7 @@ class AnyBandStage(BenchStage):
     gaussian = baselines.BandGaussian(*(jnp.asarray(a) for a in baselines.fit_band_gaussian(cube)))
     prior = anyband.check_config(config)
     space = anyband.ModelSpace(gaussian, float(config.diffusion.target_scale) or 1.0, prior == "ridge",
-                               config.diffusion.residual_scale == "conditional")
+                               config.diffusion.residual_scale == "per_band")
     bundle = anyband.Bundle(model, params, space, config.diffusion.parameterisation, {})
     phys = anyband.make_physics(config, wl, normaliser, anyband.needs_emulator(config))
     x_obs = np.asarray((inputs["cond"] + 1.0) / 2.0)
