@@ -131,8 +131,8 @@ def test_train_and_evaluate_end_to_end(anyband_run):
   report = json.loads((workdir / "eval" / "anyband_metrics.json").read_text())
   assert set(report["protocols"]) == {"missing_50%", "bands_5", "sensor_sentinel2a_msi"}
   for table in report["protocols"].values():
-    assert set(table) == {"anyband", "anyband_no_pgs", "anyband_one_step", "anyband_no_dsm", "ridge",
-                          "interp"}
+    assert set(table) == {"anyband", "anyband_no_pgs", "anyband_one_step", "anyband_no_dsm", "anyband_prior",
+                          "ridge", "interp"}
     for scores in table.values():
       assert np.isfinite([scores["psnr"], scores["ssim"], scores["sam_deg"], scores["ndvi_cc"], scores["w1"],
                           scores["local_var_ratio"]]).all()
@@ -143,8 +143,8 @@ def test_train_and_evaluate_end_to_end(anyband_run):
 
 def test_evaluator_rows_per_estimator(crop_file, tmp_path, monkeypatch):
   """With the network replaced by a stand-in (missing bands = a constant drawn from the key): anyband is
-  the first draw, anyband_mean and anyband_one_step the mean of sample.num_samples draws; every row has
-  the distribution scores."""
+  the first draw, anyband_mean and anyband_one_step the mean of sample.num_samples draws, anyband_prior
+  the model space's regression from the observed bands; every row has the distribution scores."""
   from types import SimpleNamespace
 
   from spectral_diffusion import metrics
@@ -163,13 +163,15 @@ def test_evaluator_rows_per_estimator(crop_file, tmp_path, monkeypatch):
     calls.append(num_steps)
     return np.where(mask > 0, cube_obs, float(jax.random.uniform(rng))).astype(np.float32)
 
-  monkeypatch.setattr(model, "load_model", lambda *a: SimpleNamespace(model=SimpleNamespace(min_size=8)))
+  space = model.ModelSpace(baselines.BandGaussian(*(jnp.asarray(a) for a in d.gaussian)), 1.0)
+  monkeypatch.setattr(model, "load_model",
+                      lambda *a: SimpleNamespace(model=SimpleNamespace(min_size=8), space=space))
   monkeypatch.setattr(model, "repair", stand_in)
   report = evaluate.evaluate(config, str(tmp_path), d=d)
   assert calls == [2] * 3 + [1] * 3                       # three draws each of anyband and the one-step row
   (protocol, _, mask), = evaluate.protocols(config, d)
   table = report["protocols"][protocol]
-  assert set(table) == {"anyband", "anyband_mean", "anyband_one_step", "ridge", "interp"}
+  assert set(table) == {"anyband", "anyband_mean", "anyband_one_step", "anyband_prior", "ridge", "interp"}
   missing = np.flatnonzero(mask == 0)
   key = jax.random.key(config.seed + 300)
   values = [float(jax.random.uniform(k)) for k in [key] + [jax.random.fold_in(key, i) for i in (1, 2)]]
@@ -178,6 +180,10 @@ def test_evaluator_rows_per_estimator(crop_file, tmp_path, monkeypatch):
     flat = np.full(truth.shape, value)
     assert table[row]["psnr"] == pytest.approx(metrics.mpsnr(flat, truth, 1.0), rel=1e-5)
     assert table[row]["w1"] == pytest.approx(metrics.wasserstein1(flat, truth), rel=1e-5)
+  prior = np.asarray(baselines.conditional_mean(space.gaussian, jnp.asarray(d.test[None]),
+                                                jnp.asarray(mask[None], jnp.float32)))[0]
+  assert table["anyband_prior"]["psnr"] == pytest.approx(metrics.mpsnr(prior[..., missing], truth, 1.0),
+                                                         rel=1e-5)
   for scores in table.values():
     assert {"w1", "local_var_ratio"} <= set(scores)
   assert table["anyband_mean"]["local_var_ratio"] == pytest.approx(0.0, abs=1e-12)
