@@ -204,20 +204,28 @@ def conditional_mean(gaussian: BandGaussian, x_obs, mask, jitter=1e-3):
   return jnp.where(mask[:, None, None, :] > 0, x_obs, x_hat)
 
 
-def conditional_std(gaussian: BandGaussian, mask, jitter=1e-3):
-  """sd[x_b | observed bands] per sample and band (jax): mask (B, N) -> (B, N), in the data's units.
+def conditional_moments(gaussian: BandGaussian, x_obs, mask, jitter=1e-3):
+  """(E[x | observed bands], sd[x | observed bands]) for a batch (jax): x_obs (B, H, W, N), mask (B, N)
+  -> ((B, H, W, N), (B, N)), from one solve of conditional_mean's system with the data and the
+  correlation as right-hand sides (XLA:CPU can deadlock when two batched solves of one program run while
+  the next step is dispatched, so they are not separate calls).
 
-  The diagonal of R_mm - R_mo (R_oo + jitter)^-1 R_om (times the band std) through the same decoupled
-  system as conditional_mean; floored at sqrt(jitter) band stds, the noise level that jitter assumes, which
-  is also what observed bands get (their regression error is 0, but a scale of 0 cannot be divided by).
+  The sd is the diagonal of R_mm - R_mo (R_oo + jitter)^-1 R_om times the band std, floored at sqrt(jitter)
+  band stds (the noise level jitter assumes); observed bands get that floor too (their regression error
+  is 0, but a scale of 0 cannot be divided by). Observed bands of the mean come back unchanged.
   """
   import jax.numpy as jnp
 
-  n = mask.shape[-1]
-  std, corr = jnp.asarray(gaussian.std), jnp.asarray(gaussian.corr)
+  b, n = mask.shape
+  mean, std, corr = (jnp.asarray(a) for a in gaussian)
+  z = ((x_obs - mean) / std).reshape(b, -1, n)
   d = mask[:, :, None] * mask[:, None, :]
   a = corr * d + jnp.eye(n) * (1.0 - mask + jitter * mask)[:, None, :]
-  w = jnp.linalg.solve(a, mask[:, :, None] * corr)                  # (B, N, N): rows o = (R_oo+j)^-1 R_o:
-  explained = jnp.einsum("mk,bk,bkm->bm", corr, mask, w)
+  rhs = jnp.concatenate([jnp.swapaxes(z * mask[:, None, :], 1, 2), mask[:, :, None] * corr], axis=2)
+  sol = jnp.linalg.solve(a, rhs)
+  w, v = sol[:, :, :z.shape[1]], sol[:, :, z.shape[1]:]              # v: rows o = (R_oo + j)^-1 R_o:
+  z_hat = jnp.swapaxes(corr @ (w * mask[:, :, None]), 1, 2)
+  x_hat = jnp.where(mask[:, None, None, :] > 0, x_obs, z_hat.reshape(x_obs.shape) * std + mean)
+  explained = jnp.einsum("mk,bk,bkm->bm", corr, mask, v)
   var = jnp.where(mask > 0, jitter, jnp.maximum(jnp.diagonal(corr) - explained, jitter))
-  return jnp.sqrt(var) * std
+  return x_hat, jnp.sqrt(var) * std

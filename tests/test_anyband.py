@@ -75,7 +75,7 @@ def test_conditional_mean_is_least_squares_from_the_observed_bands():
   assert np.sqrt(np.mean((pred - expected) ** 2)) < 2e-3 * np.sqrt(np.mean(expected ** 2))
 
 
-def test_conditional_std_is_the_gaussian_schur_complement():
+def test_conditional_moments_are_the_gaussian_schur_complement():
   # A known 6-band Gaussian: the conditional variance of band m given bands o is the Schur complement
   # S_mm - S_mo S_oo^-1 S_om (numpy, float64); the regression's held-out residuals have that spread.
   rng = np.random.default_rng(0)
@@ -84,18 +84,21 @@ def test_conditional_std_is_the_gaussian_schur_complement():
   pixels = rng.multivariate_normal(np.arange(6.0), cov, size=40_000)
   gaussian = baselines.fit_band_gaussian(pixels[:20_000].reshape(100, 200, 6))
   masks = np.array([[1, 0, 1, 0, 0, 1], [0, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], np.float32)
-  got = np.asarray(baselines.conditional_std(gaussian, jnp.asarray(masks), jitter=1e-6))
   fit_cov = np.cov(pixels[:20_000].T, bias=True)
   held_out = pixels[20_000:].reshape(1, 100, 200, 6).astype(np.float32)
-  for mask, sd in zip(masks, got):
+  batch = jnp.asarray(np.repeat(held_out, 3, axis=0))
+  means, got = (np.asarray(a) for a in baselines.conditional_moments(gaussian, batch, jnp.asarray(masks),
+                                                                       jitter=1e-6))
+  for mask, sd, mean in zip(masks, got, means):
     o, m = np.flatnonzero(mask), np.flatnonzero(mask == 0)
     schur = fit_cov[np.ix_(m, m)] - fit_cov[np.ix_(m, o)] @ np.linalg.solve(fit_cov[np.ix_(o, o)],
                                                                           fit_cov[np.ix_(o, m)])
     np.testing.assert_allclose(sd[m], np.sqrt(np.diag(schur)), rtol=2e-3)
     np.testing.assert_allclose(sd[o], 1e-3 * np.asarray(gaussian.std)[o], rtol=1e-5)  # the floor
     pred = np.asarray(baselines.conditional_mean(gaussian, jnp.asarray(held_out), jnp.asarray(mask[None]),
-                                                 jitter=1e-6))
-    np.testing.assert_allclose((held_out - pred)[..., m].reshape(-1, len(m)).std(0), sd[m], rtol=0.03)
+                                                 jitter=1e-6))[0]
+    np.testing.assert_allclose(mean, pred, rtol=1e-5, atol=1e-5)   # the same mean as conditional_mean
+    np.testing.assert_allclose((held_out[0] - pred)[..., m].reshape(-1, len(m)).std(0), sd[m], rtol=0.03)
 
 
 def test_physical_losses_against_closed_forms():

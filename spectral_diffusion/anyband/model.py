@@ -102,14 +102,14 @@ class ModelSpace(flax.struct.PyTreeNode):
 
   def reference(self, x_obs, mask):
     """The Frame for observed values x_obs (B, H, W, N) and band mask (B, N), 1 = observed."""
-    b, n = mask.shape
-    if self.use_prior:
+    scale = jnp.full(mask.shape, self.target_scale, jnp.float32)
+    if self.per_band_scale:
+      mean, std = baselines.conditional_moments(self.gaussian, x_obs, mask)
+      scale = scale / std
+    elif self.use_prior:
       mean = baselines.conditional_mean(self.gaussian, x_obs, mask)
     else:
       mean = jnp.full(x_obs.shape, 0.5, x_obs.dtype)
-    scale = jnp.full((b, n), self.target_scale, jnp.float32)
-    if self.per_band_scale:
-      scale = scale / baselines.conditional_std(self.gaussian, mask)
     return Frame(mean, scale[:, None, None, :])
 
   def condition(self, x_obs, mask, frame):
