@@ -10,7 +10,8 @@ setup(
     # configs/ installs too, so `from configs import demo_indian_pines` works anywhere (notebooks, scripts).
     packages=find_packages(include=["spectral_diffusion", "spectral_diffusion.*", "tfds_builders",
                                     "tfds_builders.*", "configs"]),
-    package_data={"spectral_diffusion.physics": ["weights/*.npz"]},
+    package_data={"spectral_diffusion.physics": ["weights/*.npz"],
+                  "spectral_diffusion.pretrained": ["*/*/params.npz", "*/*/meta.json"]},
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",

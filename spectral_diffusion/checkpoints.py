@@ -5,7 +5,8 @@ Training keeps full-state Orbax checkpoints (parameters, EMA, optimizer state) i
 repair, evaluation, sweeps, the benchmark, the pipelines) reads through `load`, which restores the EMA
 subtree alone, with shapes and dtypes from the checkpoint's own metadata: no model and no optimizer is
 built to restore. `save` writes the same two parts as a standalone export (`<dir>/params`, `<dir>/meta`),
-which `load` reads as well.
+and `save_compact` as two small files (`<dir>/params.npz`, compressed, and `<dir>/meta.json`: how the
+pretrained weights ship inside the package); `load` reads all three.
 
 The metadata is JSON: the band plan, the normaliser, the band centres, the model and diffusion settings
 the parameters need, and (for checkpoints written since it was added) the whole training config.
@@ -14,11 +15,13 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from spectral_diffusion.errors import UserInputError
 
 _PARAMS, _META = "params", "meta"
+_COMPACT_PARAMS, _COMPACT_META = "params.npz", "meta.json"
 
 
 def _one_line(e):
@@ -41,6 +44,8 @@ def _paths(model_dir, step=None):
   checkpoint; the export wins when both exist and no step is asked for."""
   if step is None and os.path.isdir(os.path.join(model_dir, _PARAMS)):
     return os.path.join(model_dir, _PARAMS), os.path.join(model_dir, _META), None
+  if step is None and os.path.isfile(os.path.join(model_dir, _COMPACT_PARAMS)):
+    return os.path.join(model_dir, _COMPACT_PARAMS), os.path.join(model_dir, _COMPACT_META), None
   step = latest_step(model_dir) if step is None else step
   if step is None:
     return None, None, None
@@ -63,6 +68,9 @@ def load_meta(model_dir, what="the model", step=None):
 
 
 def _read_json(meta_path):
+  if os.path.isfile(meta_path):  # a compact export
+    with open(meta_path, encoding="utf-8") as f:
+      return json.load(f)
   # Orbax's JsonSave writes the dict as one file inside the item directory.
   files = [f for f in os.listdir(meta_path) if not f.startswith("_") and f != "commit_success.txt"]
   if len(files) != 1:
@@ -83,6 +91,8 @@ def load(model_dir, what="the model", step=None, sharding=None):
   meta = load_meta(model_dir, what, step)
   params_path, _, step = _paths(model_dir, step)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  if params_path.endswith(".npz"):
+    return _load_compact(params_path, sharding), meta
   checkpointer = ocp.PyTreeCheckpointer()
   try:
     tree = checkpointer.metadata(params_path).item_metadata.tree
@@ -98,6 +108,43 @@ def load(model_dir, what="the model", step=None, sharding=None):
   finally:
     checkpointer.close()
   return (params["ema_params"] if step is not None else params), meta
+
+
+def _load_compact(path, sharding):
+  """The parameter tree of a compact export, as float32 arrays on `sharding`."""
+  try:
+    with np.load(path) as f:
+      flat = {k: f[k] for k in f.files}
+  except Exception as e:  # zip and numpy raise many types; the user needs the path and the way out
+    raise UserInputError(f"pretrained weights {path} are corrupt or truncated ({_one_line(e)}); reinstall "
+                         f"the package") from None
+  tree = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split("/")
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = jax.device_put(value.astype(np.float32), sharding)
+  return tree
+
+
+def save_compact(directory, params, meta, dtype=np.float16):
+  """Writes params (nested dicts of arrays) as directory/params.npz (compressed; stored as `dtype`,
+  read back as float32) and meta as directory/meta.json: the pretrained weights' format."""
+  flat = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}/")
+      else:
+        flat[f"{prefix}{k}"] = np.asarray(v).astype(dtype)
+
+  walk(jax.tree.map(np.asarray, params), "")
+  os.makedirs(directory, exist_ok=True)
+  np.savez_compressed(os.path.join(directory, _COMPACT_PARAMS), **flat)
+  with open(os.path.join(directory, _COMPACT_META), "w", encoding="utf-8") as f:
+    json.dump(meta, f)
 
 
 def save(directory, params, meta):
@@ -140,7 +187,8 @@ def check_metadata(meta, expected, directory):
   for section in ("model", "diffusion"):
     # checkpoints older than a setting were trained as its default value
     saved = {**ADDED_SETTINGS.get(section, {}), **meta.get(section, {})}
-    if saved != expected[section]:
-      diff = sorted(k for k in expected[section] if saved.get(k) != expected[section][k])
+    wanted = {**ADDED_SETTINGS.get(section, {}), **expected[section]}   # an older stored config, too
+    if saved != wanted:
+      diff = sorted(k for k in wanted if saved.get(k) != wanted[k])
       raise UserInputError(f"checkpoint in {directory} was trained with different {section} settings "
                            f"({', '.join(diff)}); use the matching config or a fresh --workdir")

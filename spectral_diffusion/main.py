@@ -12,7 +12,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from spectral_diffusion import methods
+from spectral_diffusion import methods, pretrained
 from spectral_diffusion.errors import TrainingDiverged, UserInputError
 
 MODES = ("train", "eval", "sample", "repair", "describe")
@@ -89,7 +89,7 @@ def run(flag_values):
     request = file_request(flag_values)
     if not request.input:
       raise UserInputError(f"--mode={mode} needs --input=FILE (.npy, .mat, .tif or ENVI .hdr)")
-    method.run_file(config, flag_values.workdir, request)
+    method.run_file(config, pretrained.resolve(flag_values.workdir), request)
   elif mode == "describe":
     print(method.describe(config))
   elif mode == "train":

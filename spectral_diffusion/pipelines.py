@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from spectral_diffusion import checkpoints, data, physics, sampling, training
+from spectral_diffusion import checkpoints, data, physics, pretrained, sampling, training
 from spectral_diffusion.data import values
 from spectral_diffusion.anyband import model as anyband_model
 from spectral_diffusion.scdm import cascade
@@ -116,7 +116,7 @@ class SCDM:
     checkpoints' model, diffusion and stage count. Keywords override sample settings, e.g.
     num_steps=20, sampler="dpm_solver_pp", program="compiled".
     """
-    workdir = os.path.abspath(workdir)
+    workdir = os.path.abspath(pretrained.resolve(workdir))
     meta = checkpoints.load_meta(cascade.stage_dir(workdir, 0), "stage 1")
     config, settings = _config(workdir, meta, config, sample)
     stages = int(meta.get("num_stages", config.cascade.num_stages))
@@ -227,7 +227,7 @@ class AnyBand:
   def load(cls, workdir, config=None, variant="anyband", **sample):
     """The model trained in workdir (workdir/anyband, or an ablation variant), EMA parameters only.
     config and keywords as SCDM.load."""
-    workdir = os.path.abspath(workdir)
+    workdir = os.path.abspath(pretrained.resolve(workdir))
     meta = checkpoints.load_meta(anyband_model.model_dir(workdir, variant), f"the {variant} model")
     config, settings = _config(workdir, meta, config, sample)
     return cls(anyband_model.load_model(config, workdir, variant), config, settings)

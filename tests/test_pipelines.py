@@ -311,3 +311,28 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(trained, tmp_path):
           f.truncate(os.path.getsize(path) // 2)
   with pytest.raises(UserInputError, match="corrupt"):
     checkpoints.load(copy)
+
+
+def test_compact_export_is_the_float16_rounded_model(trained, rgb, tmp_path):
+  # The format the pretrained weights ship in: params.npz (float16, compressed) + meta.json per model.
+  from spectral_diffusion import pretrained
+  _, workdir = trained
+  out = pretrained.export(str(workdir), str(tmp_path / "compact"))
+  assert sorted(os.listdir(out)) == ["stage_0", "stage_1"]
+  for k in (0, 1):
+    params, meta = checkpoints.load(cascade.stage_dir(workdir, k))
+    again, meta2 = checkpoints.load(os.path.join(out, f"stage_{k}"))
+    assert meta2 == meta
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+      assert b.dtype == np.float32
+      np.testing.assert_array_equal(np.asarray(a).astype(np.float16).astype(np.float32), np.asarray(b))
+  original, compact = pipelines.SCDM.load(workdir), pipelines.SCDM.load(out)
+  a, b = (p.sample(rgb, jax.random.key(0)) for p in (original, compact))
+  assert np.abs(a - b).max() < 1e-2 * np.abs(a).max()
+  with open(os.path.join(out, "stage_0", "params.npz"), "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(UserInputError, match="corrupt"):
+    pipelines.SCDM.load(out)
+  # A path that exists is a path; a pretrained name that is no path is the shipped directory.
+  assert pretrained.resolve(str(out)) == str(out) and pretrained.resolve("nowhere") == "nowhere"
+  assert os.path.dirname(pretrained.resolve("demo")) == os.path.dirname(pretrained.__file__)
