@@ -89,7 +89,11 @@ def run(flag_values):
     request = file_request(flag_values)
     if not request.input:
       raise UserInputError(f"--mode={mode} needs --input=FILE (.npy, .mat, .tif or ENVI .hdr)")
-    method.run_file(config, pretrained.resolve(flag_values.workdir), request)
+    workdir = pretrained.resolve(flag_values.workdir)
+    if workdir != flag_values.workdir and not request.output:  # outputs never go inside the package
+      raise UserInputError(f"--workdir={flag_values.workdir} is the shipped pretrained model: give "
+                           f"--output=FILE (.npy or .tif) for the result")
+    method.run_file(config, workdir, request)
   elif mode == "describe":
     print(method.describe(config))
   elif mode == "train":

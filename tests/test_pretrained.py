@@ -37,3 +37,18 @@ def test_demo_weights_match_the_demo_config():
     directory = os.path.join(pretrained.resolve("demo"), f"stage_{k}")
     checkpoints.check_metadata(checkpoints.load_meta(directory),
                                checkpoints.model_settings(demo_indian_pines.get_config()), directory)
+
+
+def test_command_line_samples_with_the_shipped_weights(demo, tmp_path, capsys):
+  from spectral_diffusion import main
+  rgb = data.load_indian_pines().cube[40:72, 90:122][..., demo.rgb_bands]
+  np.save(tmp_path / "rgb.npy", rgb)
+  argv = ["main", "--config=configs/demo_indian_pines.py", "--workdir=demo", "--mode=sample",
+          f"--input={tmp_path / 'rgb.npy'}", "--config.sample.num_steps=1"]
+  before = sorted(os.listdir(pretrained.resolve("demo")))
+  assert main.main(argv) == 2 and "give --output=FILE" in capsys.readouterr().err
+  assert main.main(argv + [f"--output={tmp_path / 'cube.npy'}"]) == 0
+  cube = np.load(tmp_path / "cube.npy")
+  assert cube.shape == (32, 32, 200) and np.isfinite(cube).all()
+  np.testing.assert_array_equal(cube[..., list(demo.rgb_bands)], rgb)
+  assert sorted(os.listdir(pretrained.resolve("demo"))) == before   # nothing written inside the package
