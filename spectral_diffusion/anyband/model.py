@@ -4,8 +4,8 @@ over the regression prior, loading a trained model, and physics-guided repair of
 What is observed is a band mask M (1 = observed) and the observed values; the network diffuses
 scale * (x - reference), the reference being the Gaussian band regression from the observed bands
 (`diffusion.prior = "ridge"`) or 0.5, the scale global or per band (`diffusion.residual_scale`);
-sampling is DDIM or DPM-Solver++ with physics-guided eps (PGS) and observed bands kept as given. A workdir holds anyband/ (the model), anyband_no_dsm/ and
-anyband_no_mspl/ (ablations) and eval/.
+sampling is DDIM or DPM-Solver++ with physics-guided eps (PGS) and observed bands kept as given. A
+workdir holds anyband/ (the model), anyband_no_dsm/ and anyband_no_mspl/ (ablations) and eval/.
 """
 import dataclasses
 import os
