@@ -281,3 +281,22 @@ def test_describe_paper_config_reports_the_papers_size(capsys):
   assert main.main(["main", "--config=configs/anyband_paviau.py", "--mode=describe"]) == 0
   out = capsys.readouterr().out
   assert "277,598,055" in out and "278 M" in out
+
+
+def test_guidance_reach_measures_the_guidance_term(anyband_model, capsys):
+  # tools.guidance_reach on the tiny model: scale 0 adds nothing (ratio 0, same loss, same sample);
+  # a positive scale adds a term of measurable size at every step.
+  from spectral_diffusion.tools import guidance_reach
+  config, workdir = anyband_model
+  config = config.copy_and_resolve_references()
+  config.eval.input_band_counts, config.eval.sensors = (), ()
+  rows = guidance_reach.measure(config, str(workdir), [0.0, 1e4], 1)
+  assert [(r["protocol"], r["scale"]) for r in rows] == [("missing_50%", 0.0), ("missing_50%", 1e4)]
+  off, on = rows
+  assert len(off["ratios"]) == config.sample.num_steps and max(off["ratios"]) == 0.0
+  # the same sampler with and without trajectory output: equal up to float32 rounding
+  assert off["loss"][1] == pytest.approx(off["loss"][0], rel=1e-5)
+  assert off["ndvi_cc"][1] == pytest.approx(off["ndvi_cc"][0], abs=1e-6)
+  assert min(on["ratios"]) > 0.0 and np.isfinite(on["loss"]).all()
+  assert "| missing_50% | 10000 |" in capsys.readouterr().out
+  assert guidance_reach.main(["guidance_reach", "--config=configs/anyband_demo_indian_pines.py"]) == 2
