@@ -142,3 +142,16 @@ def anyband_model(tmp_path_factory, crop_file):
 def pytest_unconfigure(config):
   if _OWN_JAX_CACHE:
     shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)
+
+
+# Under pytest-xdist every worker builds its own session (and module) fixtures: these trained models are
+# used by tests in many modules, so those tests go to one worker (--dist loadgroup), which builds each once.
+# A test that asks for one through request.getfixturevalue carries this mark itself.
+TRAINED_MODEL_FIXTURES = {"trained", "anyband_model", "anyband_run"}
+USES_TRAINED_MODELS = pytest.mark.xdist_group("trained_models")
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(USES_TRAINED_MODELS)
