@@ -155,10 +155,10 @@ def pytest_collection_modifyitems(config, items):
   # xdist 3.8 sets that id in the old `_nodeid` field, which pytest 9.2 no longer reads (pytest-xdist
   # issue 1386; PR 1388 sets it as below), and the tests would be spread over the workers again.
   if getattr(config.option, "loadgroup", False):
-    from _pytest.nodeid import coerce_node_id
     for item in items:
       mark = item.get_closest_marker("xdist_group")
       if mark and "@" not in item.nodeid and hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id  # pytest >= 9.2 only, where the suffix got lost
         item._id = coerce_node_id(f"{item.nodeid}@{mark.args[0]}")
   return result
 
