@@ -139,6 +139,30 @@ def anyband_model(tmp_path_factory, crop_file):
   return config, workdir
 
 
+# Under pytest-xdist every worker builds its own session (and module) fixtures: these trained models are
+# used by tests in many modules, so those tests go to one worker (--dist loadgroup), which builds each once.
+# A test that asks for one through request.getfixturevalue carries this mark itself.
+TRAINED_MODEL_FIXTURES = {"trained", "anyband_model", "anyband_run"}
+USES_TRAINED_MODELS = pytest.mark.xdist_group("trained_models")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(USES_TRAINED_MODELS)
+  result = yield  # xdist's hook now adds the group to each marked test's node id
+  # xdist 3.8 sets that id in the old `_nodeid` field, which pytest 9.2 no longer reads (pytest-xdist
+  # issue 1386; PR 1388 sets it as below), and the tests would be spread over the workers again.
+  if getattr(config.option, "loadgroup", False):
+    for item in items:
+      mark = item.get_closest_marker("xdist_group")
+      if mark and "@" not in item.nodeid and hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id  # pytest >= 9.2 only, where the suffix got lost
+        item._id = coerce_node_id(f"{item.nodeid}@{mark.args[0]}")
+  return result
+
+
 def pytest_unconfigure(config):
   if _OWN_JAX_CACHE:
     shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)

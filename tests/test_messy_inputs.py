@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from conftest import config_flags, raises_one_line
+from conftest import USES_TRAINED_MODELS, config_flags, raises_one_line
 from spectral_diffusion import data, pipelines
 from spectral_diffusion import main as cli
 from spectral_diffusion.data import INDIAN_PINES_WAVELENGTHS_NM, outputs
@@ -242,7 +242,8 @@ def _other_cases():
 OTHER_BAD = _other_cases()
 
 
-@pytest.mark.parametrize("case", OTHER_BAD, ids=[c[0] for c in OTHER_BAD])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=USES_TRAINED_MODELS if c[1] else ())
+                                  for c in OTHER_BAD])
 def test_other_modes_refuse_bad_input(capsys, request, tmp_path, case):
   _, needs, build = case
   workdir = request.getfixturevalue("trained")[1] if needs else tmp_path / "none"
