@@ -111,6 +111,7 @@ def tiny_anyband_config(path):
   c = shrink(anyband_demo_indian_pines.get_config(), path)
   c.model.context_dim = 16
   c.sample.batch_size = 8
+  c.sample.num_samples = 1
   c.eval.missing_fractions = (0.5,)
   c.eval.input_band_counts = (5,)
   c.eval.sensors = ("sentinel2a_msi",)

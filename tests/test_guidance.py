@@ -263,7 +263,8 @@ def test_guidance_loss_rtm_term_is_a_squared_distance_to_the_projection():
   ref = 0.2 + 0.05 * jax.random.uniform(jax.random.key(0), (2, 3, 3, n))
   y = 0.1 * _normal(11, (2, 3, 3, n))
   loss = anyband.GuidanceLoss((0.0, 0.0, 0.5), (0.0, 1.0), (0, 0, 0))
-  value = lambda y: loss(phys, space, ref, ref, jnp.ones((2, n)), y)
+  frame = anyband.Frame(ref, jnp.full((2, 1, 1, n), 2.0))   # the model space of target_scale 2
+  value = lambda y: loss(phys, space, frame, ref, jnp.ones((2, n)), y)
   refl = np.asarray(y / 2.0 + ref, np.float64)
   proj = np.asarray(em.project(jnp.asarray(refl, jnp.float32)), np.float64)
   np.testing.assert_allclose(value(y), 0.5 * np.mean((refl - proj) ** 2, axis=(1, 2, 3)), rtol=1e-4)
