@@ -29,6 +29,10 @@ def test_tiles(cube, size, count):
   return np.stack(tiles[:count])
 
 
+# eps functions are tree_util.Partials (arrays as leaves), so one compiled call serves every step
+_call = jax.jit(lambda fn, x_t, t: fn(x_t, t))
+
+
 def reach(bundle, schedule, config, phys, x_obs, mask, scale, rng):
   """{step ratios, loss and sample} for one protocol and guidance scale, from one noise draw."""
   m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (x_obs.shape[0], mask.shape[-1]))
@@ -49,8 +53,8 @@ def reach(bundle, schedule, config, phys, x_obs, mask, scale, rng):
   ratios = []
   for x_t, t in zip(states, samplers.timesteps(schedule, steps, "linspace")):
     t_vec = jnp.full((x_obs.shape[0],), t, jnp.int32)
-    e = plain(x_t, t_vec)
-    ratios.append(float(jnp.linalg.norm(guided(x_t, t_vec) - e) / jnp.linalg.norm(e)))
+    e = _call(plain, x_t, t_vec)
+    ratios.append(float(jnp.linalg.norm(_call(guided, x_t, t_vec) - e) / jnp.linalg.norm(e)))
   to_cube = lambda y: np.asarray(jnp.where(m[:, None, None, :] > 0, x_obs, bundle.space.from_model(y, frame)))
   return {"ratios": ratios,
           "loss": [float(jnp.mean(loss(phys, bundle.space, frame, x_obs, m, y))) for y in (y_plain, y_guided)],
