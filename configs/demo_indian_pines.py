@@ -11,8 +11,9 @@ minutes on 2 quiet cores (600 steps per stage). On the test split, inferred band
 SAM: scdm_one_step 40.57 dB / 3.81 deg and scdm_mean (4 samples) 40.56 / 3.87, against degree-2 ridge
 40.18 / 3.86 and linear ridge 38.73 / 4.61; scdm (one sample) 40.01 / 4.09. Every method returns the
 RGB bands exactly.
-Sampler steps (python -m spectral_diffusion.steps_sweep, same config and workdir): DDIM 10 scored best of
-DDIM / DPM-Solver++ at 10-100 steps, 0.23 dB MPSNR above 1000-step DDPM (39.11 dB / 4.44 deg).
+Sampler steps (python -m spectral_diffusion.steps_sweep, measured with one global scale before
+per_band): DDIM 10 scored best of DDIM / DPM-Solver++ at 10-100 steps, 0.23 dB MPSNR above 1000-step
+DDPM (39.11 dB / 4.44 deg).
 """
 from configs import default
 
