@@ -30,7 +30,8 @@ def sam_loss(pred, target, eps=1e-8):
   return 1.0 - jnp.mean(cos.reshape(cos.shape[0], -1), axis=-1)
 
 
-def diffusion_loss(schedule, parameterisation, kind, sam_weight, x0, x_t, t, eps, out, offset, band_scale=None):
+def diffusion_loss(schedule, parameterisation, kind, sam_weight, x0, x_t, t, eps, out, offset,
+                   band_scale=None):
   """Per-sample loss. SAM is taken on data-space spectra: model-space x0 + `offset` (a global scale does not
   change angles), or x0 / band_scale + offset with a per-band scale (offset is then the reference)."""
   target = regression_target(schedule, parameterisation, x0, eps, t)

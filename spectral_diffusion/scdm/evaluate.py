@@ -3,8 +3,8 @@
 Rows: scdm (one sample of the cascade) and, with sample.num_samples > 1, scdm_mean (the mean of those
 samples: the posterior-mean estimate), scdm_one_step (the cascade at one sampler step per stage: each
 stage's one-step estimate of E[x0 | its input] fed to the next, averaged over sample.num_samples noise
-draws; the mean estimator with sample.num_steps=1), one row per cascade stage, and the baselines ridge, ridge_poly2
-and interp. Every method returns the RGB input bands exactly as given (as pipelines.SCDM does).
+draws; the mean estimator with sample.num_steps=1), one row per cascade stage, and the baselines ridge,
+ridge_poly2 and interp. Every method returns the RGB input bands exactly as given (as pipelines.SCDM does).
 Metrics are computed in normalised units with data_range 1 (min-max over the training split), and RMSE
 also in the data's own units; beside the error metrics, the distribution scores W1 (metrics.wasserstein1)
 and the local-variance ratio (metrics.local_variance_ratio). Every method is scored over all bands and
