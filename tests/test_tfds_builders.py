@@ -382,7 +382,10 @@ def test_anyband_evaluation_averages_over_test_patches(small_protocols, tmp_path
     calls.append(cube_obs.shape)
     return np.where(mask > 0, cube_obs, 0.5).astype(np.float32)
 
-  monkeypatch.setattr(anyband, "load_model", lambda *a: SimpleNamespace(model=SimpleNamespace(min_size=8)))
+  import jax.numpy as jnp
+  space = anyband.ModelSpace(baselines.BandGaussian(*(jnp.asarray(a) for a in d.gaussian)), 1.0)
+  monkeypatch.setattr(anyband, "load_model",
+                      lambda *a: SimpleNamespace(model=SimpleNamespace(min_size=8), space=space))
   monkeypatch.setattr(anyband, "repair", stand_in)
   report = anyband_eval.evaluate(config, str(tmp_path), d=d)
   assert calls == [(16, 16, 103)] * 4
@@ -390,6 +393,10 @@ def test_anyband_evaluation_averages_over_test_patches(small_protocols, tmp_path
   missing = np.flatnonzero(mask == 0)
   psnr = [metrics.mpsnr(np.full((16, 16, len(missing)), 0.5), t[..., missing], 1.0) for t in d.test]
   assert report["protocols"][protocol]["anyband"]["psnr"] == pytest.approx(np.mean(psnr), rel=1e-9)
+  prior = np.asarray(baselines.conditional_mean(space.gaussian, jnp.asarray(d.test),
+                                                jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (4, 103))))
+  psnr = [metrics.mpsnr(p[..., missing], t[..., missing], 1.0) for p, t in zip(prior, d.test)]
+  assert report["protocols"][protocol]["anyband_prior"]["psnr"] == pytest.approx(np.mean(psnr), rel=1e-5)
   assert "4 patches of 16x16" in (tmp_path / "eval" / "anyband_metrics.md").read_text()
   assert (tmp_path / "eval" / f"{protocol}_ndvi.png").exists()
 
